@@ -1,0 +1,1 @@
+"""Subcommands of the ``atss-tf`` CLI: each module has ``add_arguments`` and ``run``."""

@@ -1,0 +1,27 @@
+"""Packaging for atss-tf: ATSS (Zhang et al., CVPR 2020) in TensorFlow / Keras 3."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="atss-tf",
+    version="0.1.0",
+    description="ATSS object detection (Adaptive Training Sample Selection) in TensorFlow/Keras",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["atss_tf", "atss_tf.*"]),
+    package_data={"atss_tf": ["configs/*.yaml"]},
+    install_requires=[
+        "tensorflow>=2.20",
+        "keras>=3.8",
+        "numpy",
+        "pycocotools",
+        "pyyaml",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+    },
+    entry_points={"console_scripts": ["atss-tf=atss_tf.cli:main"]},
+)

@@ -1,0 +1,48 @@
+"""Shared test helpers: the official fixtures and small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "official_atss_r50"
+
+
+def _load_fixture(name: str):
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"official fixture {path} is absent (expected ../shared beside the repo)")
+    return np.load(path, allow_pickle=True)
+
+
+@pytest.fixture(scope="session")
+def official_outputs():
+    """``official_outputs.npz``: the authors' model run on a 512x512 photo."""
+    return _load_fixture("official_outputs.npz")
+
+
+@pytest.fixture(scope="session")
+def official_assignments():
+    """``official_assignments.npz``: official per-anchor assignments, 640x800 canvas."""
+    return _load_fixture("official_assignments.npz")
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint() -> Path:
+    path = FIXTURES / "official_random_fp16.pth"
+    if not path.exists():
+        pytest.skip(f"official fixture {path} is absent (expected ../shared beside the repo)")
+    return path
+
+
+def inclusive_to_continuous(boxes: np.ndarray) -> np.ndarray:
+    """Official inclusive-pixel boxes -> this project's continuous boxes (+1 on x2, y2)."""
+    out = np.array(boxes, dtype=np.float32, copy=True)
+    out[..., 2:4] += 1.0
+    return out
