@@ -221,8 +221,12 @@ class PointCoder:
         return tf.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1)
 
 
-def make_coder(regression: str, box_weights=(10.0, 10.0, 5.0, 5.0), anchor_scale: float = 8.0,
-               inclusive: bool = False):
+def make_coder(
+    regression: str,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+    anchor_scale: float = 8.0,
+    inclusive: bool = False,
+):
     """The coder named by ``HeadConfig.regression`` ("box" or "point").
 
     ``inclusive`` only matters for POINT (the BOX coding is identical in both

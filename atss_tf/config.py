@@ -221,38 +221,81 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
 
     a = cfg.model.anchors
-    check(a.alignment in ANCHOR_ALIGNMENTS, "model.anchors.alignment", a.alignment,
-          f"one of {ANCHOR_ALIGNMENTS}")
-    check(len(a.strides) > 0 and all(s > 0 for s in a.strides), "model.anchors.strides",
-          a.strides, "positive strides")
+    check(
+        a.alignment in ANCHOR_ALIGNMENTS,
+        "model.anchors.alignment",
+        a.alignment,
+        f"one of {ANCHOR_ALIGNMENTS}",
+    )
+    check(
+        len(a.strides) > 0 and all(s > 0 for s in a.strides),
+        "model.anchors.strides",
+        a.strides,
+        "positive strides",
+    )
     check(a.scales_per_octave >= 1, "model.anchors.scales_per_octave", a.scales_per_octave, ">= 1")
-    check(len(a.aspect_ratios) >= 1 and all(r > 0 for r in a.aspect_ratios),
-          "model.anchors.aspect_ratios", a.aspect_ratios, "positive ratios")
+    check(
+        len(a.aspect_ratios) >= 1 and all(r > 0 for r in a.aspect_ratios),
+        "model.anchors.aspect_ratios",
+        a.aspect_ratios,
+        "positive ratios",
+    )
     check(cfg.assigner.type in ASSIGNERS, "assigner.type", cfg.assigner.type, f"one of {ASSIGNERS}")
     check(cfg.assigner.topk >= 1, "assigner.topk", cfg.assigner.topk, ">= 1")
-    check(cfg.model.head.regression in REGRESSIONS, "model.head.regression",
-          cfg.model.head.regression, f"one of {REGRESSIONS}")
+    check(
+        cfg.model.head.regression in REGRESSIONS,
+        "model.head.regression",
+        cfg.model.head.regression,
+        f"one of {REGRESSIONS}",
+    )
     if cfg.model.head.regression == "point" or cfg.assigner.type in ("fcos", "fcos_center"):
-        check(a.anchors_per_location == 1, "model.anchors.scales_per_octave/aspect_ratios",
-              (a.scales_per_octave, a.aspect_ratios),
-              "one anchor per location for point regression and FCOS assigners")
+        check(
+            a.anchors_per_location == 1,
+            "model.anchors.scales_per_octave/aspect_ratios",
+            (a.scales_per_octave, a.aspect_ratios),
+            "one anchor per location for point regression and FCOS assigners",
+        )
     if cfg.assigner.type in ("fcos", "fcos_center"):
-        check(len(cfg.assigner.fcos_ranges) == len(a.strides), "assigner.fcos_ranges",
-              cfg.assigner.fcos_ranges, "one (low, high) range per pyramid level")
-    check(cfg.model.backbone.depth in (18, 34, 50, 101), "model.backbone.depth",
-          cfg.model.backbone.depth, "18, 34, 50 or 101")
-    check(cfg.model.backbone.weights in (None, "imagenet"), "model.backbone.weights",
-          cfg.model.backbone.weights, "null or 'imagenet'")
+        check(
+            len(cfg.assigner.fcos_ranges) == len(a.strides),
+            "assigner.fcos_ranges",
+            cfg.assigner.fcos_ranges,
+            "one (low, high) range per pyramid level",
+        )
+    check(
+        cfg.model.backbone.depth in (18, 34, 50, 101),
+        "model.backbone.depth",
+        cfg.model.backbone.depth,
+        "18, 34, 50 or 101",
+    )
+    check(
+        cfg.model.backbone.weights in (None, "imagenet"),
+        "model.backbone.weights",
+        cfg.model.backbone.weights,
+        "null or 'imagenet'",
+    )
     check(cfg.model.num_classes >= 1, "model.num_classes", cfg.model.num_classes, ">= 1")
-    check(cfg.postprocess.score_mode in ("sqrt", "product"), "postprocess.score_mode",
-          cfg.postprocess.score_mode, "'sqrt' or 'product'")
+    check(
+        cfg.postprocess.score_mode in ("sqrt", "product"),
+        "postprocess.score_mode",
+        cfg.postprocess.score_mode,
+        "'sqrt' or 'product'",
+    )
     check(cfg.data.crowd in ("drop", "ignore"), "data.crowd", cfg.data.crowd, "'drop' or 'ignore'")
     check(cfg.data.max_instances >= 1, "data.max_instances", cfg.data.max_instances, ">= 1")
     for h, w in cfg.data.canvases:
-        check(h % 32 == 0 and w % 32 == 0, "data.canvases", cfg.data.canvases,
-              "(height, width) pairs that are multiples of 32")
-    check(cfg.train.strategy in ("default", "mirrored"), "train.strategy", cfg.train.strategy,
-          "'default' or 'mirrored'")
+        check(
+            h % 32 == 0 and w % 32 == 0,
+            "data.canvases",
+            cfg.data.canvases,
+            "(height, width) pairs that are multiples of 32",
+        )
+    check(
+        cfg.train.strategy in ("default", "mirrored"),
+        "train.strategy",
+        cfg.train.strategy,
+        "'default' or 'mirrored'",
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -340,7 +383,9 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node = data
     cls: Any = Config
     for i, p in enumerate(parts):
-        names = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        names = (
+            {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        )
         if p not in names:
             raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}")
         if i == len(parts) - 1:
@@ -364,7 +409,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) plus overrides.
 
     Raises:

@@ -1,0 +1,1 @@
+"""Training: the official optimiser and schedule, checkpoint/resume, the fit driver."""

@@ -1,0 +1,79 @@
+"""Config loading: strict keys, typed overrides, compat resolution, clear errors."""
+
+import pytest
+
+from atss_tf.config import Config, ConfigError, from_dict, load_config, save_config, to_dict
+
+
+def test_defaults_are_the_official_r50_setting():
+    cfg = Config().resolved()
+    assert cfg.model.backbone.depth == 50
+    assert cfg.assigner.type == "atss" and cfg.assigner.topk == 9
+    assert cfg.model.anchors.alignment == "center"
+    assert cfg.assigner.center_margin == pytest.approx(0.01)
+    assert cfg.loss.inclusive_geometry is False
+    assert cfg.postprocess.nms_iou == pytest.approx(0.6)
+
+
+def test_official_compat_switch_resolves_all_three_settings():
+    cfg = Config(official_compat=True).resolved()
+    assert cfg.model.anchors.alignment == "official"
+    assert cfg.assigner.center_margin == pytest.approx(0.51)
+    assert cfg.loss.inclusive_geometry is True
+
+
+def test_explicit_setting_beats_the_switch():
+    cfg = load_config(None, ["official_compat=true", "model.anchors.alignment=mmdet"])
+    assert cfg.resolved().model.anchors.alignment == "mmdet"
+    assert cfg.resolved().assigner.center_margin == pytest.approx(0.51)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(None, ["model.head.num_convs=2", "model.anchors.aspect_ratios=[0.5, 1, 2]"])
+    assert cfg.model.head.num_convs == 2
+    assert cfg.model.anchors.aspect_ratios == (0.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        ("model.head.num_conv=2", "model.head.num_conv"),
+        ("model.nope.x=1", "model.nope"),
+        ("model.head.num_convs=two", "model.head.num_convs"),
+        ("assigner.type=magic", "assigner.type"),
+        ("model.anchors.alignment=left", "model.anchors.alignment"),
+        ("data.canvases=[[100, 128]]", "data.canvases"),
+        ("model.head.num_convs", "model.head.num_convs"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, culprit):
+    with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_file_errors_name_the_file_and_key(tmp_path):
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("model:\n  head:\n    num_conv: 3\n")
+    with pytest.raises(ConfigError, match=r"bad_key\.yaml.*model\.head\.num_conv"):
+        load_config(bad_key)
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML.*malformed\.yaml"):
+        load_config(malformed)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_point_regression_needs_one_anchor_per_location():
+    with pytest.raises(ConfigError, match="one anchor per location"):
+        load_config(None, ["model.head.regression=point", "model.anchors.scales_per_octave=3"])
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["official_compat=true", "assigner.type=fcos", "train.max_iters=7"])
+    path = tmp_path / "c.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert to_dict(again) == to_dict(cfg)
+    assert from_dict(to_dict(cfg)) == cfg
+    assert again.assigner.fcos_ranges[-1][1] == float("inf")
