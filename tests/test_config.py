@@ -77,3 +77,30 @@ def test_save_and_reload_round_trip(tmp_path):
     assert to_dict(again) == to_dict(cfg)
     assert from_dict(to_dict(cfg)) == cfg
     assert again.assigner.fcos_ranges[-1][1] == float("inf")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        load_config(path).resolved()
+
+
+def test_ablation_configs_inherit_and_override():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "configs"
+    a9 = load_config(root / "ablations" / "retinanet_iou_a9.yaml")
+    assert a9.assigner.type == "iou"
+    assert a9.model.anchors.anchors_per_location == 9
+    assert a9.train.max_iters == 90000  # from the base file
+    assert a9.model.backbone.weights == "imagenet"
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
