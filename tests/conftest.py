@@ -46,3 +46,22 @@ def inclusive_to_continuous(boxes: np.ndarray) -> np.ndarray:
     out = np.array(boxes, dtype=np.float32, copy=True)
     out[..., 2:4] += 1.0
     return out
+
+
+LEVELS = (3, 4, 5, 6, 7)
+
+
+def fixture_head_outputs(npz, num_classes: int = 80) -> dict[str, np.ndarray]:
+    """Official NCHW per-level head outputs -> ``[1, A, n]`` in anchor order."""
+
+    def flat(prefix: str, n: int) -> np.ndarray:
+        return np.concatenate(
+            [npz[f"{prefix}_p{lvl}"].transpose(0, 2, 3, 1).reshape(1, -1, n) for lvl in LEVELS],
+            axis=1,
+        )
+
+    return {
+        "cls_logits": flat("cls_logits", num_classes),
+        "box_regression": flat("bbox_reg", 4),
+        "centerness": flat("centerness", 1),
+    }
