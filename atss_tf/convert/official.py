@@ -1,0 +1,336 @@
+"""Official ATSS (sfzhang15/ATSS, PyTorch) checkpoints -> :class:`ATSSDetector`.
+
+The architecture is read off the state dict (ResNet depth from the number of
+``layer3`` blocks, ResNeXt groups/width from ``conv2`` shapes, classes from
+``cls_logits.bias``, FPN/head widths, tower depth, GroupNorm presence); the
+settings the weights were trained with are switched on: ``official_compat``,
+BGR caffe normalisation with the official mean and std 1, ``p7_from_relu``,
+``score_mode="sqrt"``. The one thing shapes cannot tell is where a bottleneck's
+stride sits: ``stride_in_1x1`` defaults to True for plain ResNets (official
+R-50/101) and False for ResNeXt (official X-101), and can be forced.
+
+Key mapping (after stripping ``module.``):
+
+==============================================  ===========================================
+official key                                    Keras variable (``model.<layer>.<weight>``)
+==============================================  ===========================================
+``backbone.body.stem.conv1.weight``             ``backbone.stem_conv1.kernel`` (OIHW->HWIO)
+``backbone.body.stem.bn1.<t>``                  ``backbone.stem_bn1.<t>``
+``backbone.body.layer{s}.{i}.conv{j}.weight``   ``backbone.layer{s}_{i}.conv{j}.kernel``
+``backbone.body.layer{s}.{i}.bn{j}.<t>``        ``backbone.layer{s}_{i}.bn{j}.<t>``
+``backbone.body.layer{s}.{i}.downsample.0.*``   ``backbone.layer{s}_{i}.downsample_conv.kernel``
+``backbone.body.layer{s}.{i}.downsample.1.*``   ``backbone.layer{s}_{i}.downsample_bn.<t>``
+``backbone.fpn.fpn_inner{k}.{weight,bias}``     ``fpn.fpn_inner{k}.{kernel,bias}``
+``backbone.fpn.fpn_layer{k}.{weight,bias}``     ``fpn.fpn_layer{k}.{kernel,bias}``
+``backbone.fpn.top_blocks.p6`` / ``p7``         ``fpn.p6`` / ``fpn.p7``
+``rpn.head.{cls,bbox}_tower.{3i}.*``            ``head.{cls,bbox}_tower_conv{i}.{kernel,bias}``
+``rpn.head.{cls,bbox}_tower.{3i+1}.*``          ``head.{cls,bbox}_tower_norm{i}.{gamma,beta}``
+``rpn.head.{cls_logits,bbox_pred,centerness}``  ``head.<same>.{kernel,bias}``
+``rpn.head.scales.{l}.scale``                   ``head.scale{l}.scale`` (``[1]`` -> ``()``)
+==============================================  ===========================================
+
+``<t>`` is ``weight``, ``bias``, ``running_mean``, ``running_var``. Anchor
+buffers ``rpn.anchor_generator.*`` and BN ``num_batches_tracked`` counters are
+ignored. Every other key must map, and every model weight must be assigned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from atss_tf.config import Config, from_dict, to_dict
+from atss_tf.convert.torch_pickle import CheckpointError, load_state_dict
+
+OFFICIAL_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+_IGNORED = (re.compile(r"^rpn\.anchor_generator\."), re.compile(r"\.num_batches_tracked$"))
+_DCN = re.compile(r"(\.offset\.(weight|bias)$)|(conv2?_offset)")
+
+
+class ConversionError(CheckpointError):
+    """The checkpoint does not fit the model; the message names the keys."""
+
+
+@dataclasses.dataclass
+class ConversionResult:
+    """What :func:`convert_official` produced.
+
+    Attributes:
+        model: the built :class:`~atss_tf.model.ATSSDetector` holding the weights.
+        config: its config (``model.config``).
+        num_tensors: checkpoint tensors copied into the model.
+        num_parameters: scalars copied.
+        ignored: checkpoint keys deliberately skipped (anchor buffers, counters).
+        output: the written ``.keras`` path, if any.
+    """
+
+    model: Any
+    config: Config
+    num_tensors: int
+    num_parameters: int
+    ignored: list[str]
+    output: str | None = None
+
+
+def strip_prefix(state: dict[str, np.ndarray], prefix: str = "module.") -> dict[str, np.ndarray]:
+    """Remove the ``DistributedDataParallel`` prefix from every key that has it."""
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def _require(state: dict, key: str) -> np.ndarray:
+    if key not in state:
+        raise ConversionError(
+            f"checkpoint has no {key!r}: not an official ATSS ResNet-FPN state dict"
+        )
+    return state[key]
+
+
+def infer_config(
+    state: dict[str, np.ndarray],
+    base: Config | None = None,
+    stride_in_1x1: bool | None = None,
+) -> Config:
+    """The :class:`Config` an official state dict needs.
+
+    Args:
+        state: state dict with ``module.`` stripped.
+        base: config whose other settings (anchors layout, data, training,
+            head regression type, GroupNorm groups, ...) are kept; default
+            :class:`Config()`.
+        stride_in_1x1: bottleneck stride placement; ``None``: True for groups 1
+            (official R-50/101), False for ResNeXt (official X-101).
+
+    Raises:
+        ConversionError: DCN checkpoints, unsupported depths, P6 on C5, an
+            anchor count the base config does not match.
+    """
+    dcn = sorted(k for k in state if _DCN.search(k))
+    if dcn:
+        raise ConversionError(
+            "deformable convolution checkpoints are not supported yet (DCN keys: "
+            + ", ".join(dcn[:6])
+            + (", ..." if len(dcn) > 6 else "")
+            + ")"
+        )
+    cfg = from_dict(to_dict(base if base is not None else Config()))
+    m = cfg.model
+
+    layer3 = {m_.group(1) for k in state if (m_ := re.match(r"backbone\.body\.layer3\.(\d+)\.", k))}
+    depth = {6: 50, 23: 101}.get(len(layer3))
+    if depth is None:
+        raise ConversionError(
+            f"backbone.body.layer3 has {len(layer3)} blocks: only ResNet-50 (6) and "
+            "ResNet-101 (23) official checkpoints are supported"
+        )
+    if "backbone.body.layer1.0.conv3.weight" not in state:
+        raise ConversionError(
+            "backbone.body.layer1.0.conv3.weight missing: not a bottleneck ResNet"
+        )
+    conv2 = _require(state, "backbone.body.layer1.0.conv2.weight")
+    width, per_group = int(conv2.shape[0]), int(conv2.shape[1])
+    groups = width // per_group
+    m.backbone.depth = depth
+    m.backbone.groups = groups
+    m.backbone.width_per_group = width // groups
+    m.backbone.width_multiplier = 1.0
+    m.backbone.stride_in_1x1 = (groups == 1) if stride_in_1x1 is None else bool(stride_in_1x1)
+    m.backbone.weights = None
+
+    fpn_channels = int(_require(state, "backbone.fpn.fpn_inner2.weight").shape[0])
+    p6_in = int(_require(state, "backbone.fpn.top_blocks.p6.weight").shape[1])
+    if p6_in != fpn_channels:
+        raise ConversionError(
+            f"backbone.fpn.top_blocks.p6 takes {p6_in} channels: P6 computed from C5 "
+            "(RETINANET.USE_C5) is not supported, only P6 from P5"
+        )
+    m.fpn.channels = fpn_channels
+    m.fpn.p7_from_relu = True
+
+    tower = {
+        int(m_.group(1)): state[k].ndim
+        for k in state
+        if (m_ := re.fullmatch(r"rpn\.head\.cls_tower\.(\d+)\.weight", k))
+    }
+    convs = sorted(i for i, ndim in tower.items() if ndim == 4)
+    norms = sorted(i for i, ndim in tower.items() if ndim == 1)
+    m.head.num_convs = len(convs)
+    m.head.use_group_norm = bool(norms)
+    m.head.channels = (
+        int(state[f"rpn.head.cls_tower.{convs[0]}.weight"].shape[0]) if convs else fpn_channels
+    )
+
+    num_anchors = int(_require(state, "rpn.head.bbox_pred.bias").shape[0]) // 4
+    if num_anchors != m.anchors.anchors_per_location:
+        if num_anchors == 9 and m.anchors.anchors_per_location == 1:
+            # The paper's #A = 9 setting (Table 7): 3 scales x 3 ratios, sizes 32..512.
+            m.anchors.octave_base_scale = 4.0
+            m.anchors.scales_per_octave = 3
+            m.anchors.aspect_ratios = (0.5, 1.0, 2.0)
+        else:
+            raise ConversionError(
+                f"checkpoint predicts {num_anchors} anchors per location, the base config "
+                f"{m.anchors.anchors_per_location}: set model.anchors in the base config"
+            )
+    m.num_classes = int(_require(state, "rpn.head.cls_logits.bias").shape[0]) // num_anchors
+
+    m.input_bgr = True
+    m.pixel_mean = OFFICIAL_PIXEL_MEAN_BGR
+    m.pixel_std = (1.0, 1.0, 1.0)
+    cfg.official_compat = True
+    cfg.postprocess.score_mode = "sqrt"
+    return cfg
+
+
+def _conv_kernel(x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, (2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def official_weight_map(model) -> dict[str, tuple[Any, Any]]:
+    """``{official key: (Keras variable, transform)}`` for every model weight.
+
+    ``transform`` maps the checkpoint array to the variable's layout.
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def ident(x):
+        return x
+
+    def conv(key, layer):
+        out[f"{key}.weight"] = (layer.kernel, _conv_kernel)
+        if layer.bias is not None:
+            out[f"{key}.bias"] = (layer.bias, ident)
+
+    def bn(key, layer):
+        for t in BN_TENSORS:
+            out[f"{key}.{t}"] = (getattr(layer, t), ident)
+
+    bb = model.backbone
+    conv("backbone.body.stem.conv1", bb.stem_conv1)
+    bn("backbone.body.stem.bn1", bb.stem_bn1)
+    for s, blocks in enumerate(bb.stages, start=1):
+        for i, block in enumerate(blocks):
+            key = f"backbone.body.layer{s}.{i}"
+            for j in (1, 2, 3):
+                if hasattr(block, f"conv{j}"):
+                    conv(f"{key}.conv{j}", getattr(block, f"conv{j}"))
+                    bn(f"{key}.bn{j}", getattr(block, f"bn{j}"))
+            if block.downsample_conv is not None:
+                conv(f"{key}.downsample.0", block.downsample_conv)
+                bn(f"{key}.downsample.1", block.downsample_bn)
+
+    fpn = model.fpn
+    for k in (2, 3, 4):
+        conv(f"backbone.fpn.fpn_inner{k}", getattr(fpn, f"fpn_inner{k}"))
+        conv(f"backbone.fpn.fpn_layer{k}", getattr(fpn, f"fpn_layer{k}"))
+    conv("backbone.fpn.top_blocks.p6", fpn.p6)
+    conv("backbone.fpn.top_blocks.p7", fpn.p7)
+
+    head = model.head
+    step = 3 if head.use_group_norm else 2  # conv, [GroupNorm], ReLU
+    for tower, convs, norms in (
+        ("cls_tower", head.cls_tower_convs, head.cls_tower_norms),
+        ("bbox_tower", head.bbox_tower_convs, head.bbox_tower_norms),
+    ):
+        for i, layer in enumerate(convs):
+            conv(f"rpn.head.{tower}.{step * i}", layer)
+        for i, norm in enumerate(norms):
+            out[f"rpn.head.{tower}.{step * i + 1}.weight"] = (norm.gamma, ident)
+            out[f"rpn.head.{tower}.{step * i + 1}.bias"] = (norm.beta, ident)
+    for name in ("cls_logits", "bbox_pred", "centerness"):
+        conv(f"rpn.head.{name}", getattr(head, name))
+    for level, scale in enumerate(head.scales):
+        out[f"rpn.head.scales.{level}.scale"] = (scale.scale, lambda x: np.reshape(x, ()))
+    return out
+
+
+def load_official_weights(model, state: dict[str, np.ndarray]) -> tuple[int, int, list[str]]:
+    """Copy an official state dict (``module.`` stripped) into a built model.
+
+    Returns:
+        ``(tensors copied, parameters copied, ignored keys)``.
+
+    Raises:
+        ConversionError: listing every missing, unexpected and mis-shaped key;
+            nothing is assigned in that case.
+    """
+    mapping = official_weight_map(model)
+    mapped_ids = {id(v) for v, _ in mapping.values()}
+    unmapped = [w.path for w in model.weights if id(w) not in mapped_ids]
+    if unmapped:  # a model layer the mapping does not know: a bug, not a user error
+        raise ConversionError(f"model weights without an official key: {', '.join(unmapped)}")
+    ignored = [k for k in state if any(p.search(k) for p in _IGNORED)]
+    skip = set(ignored)
+    used = {k: v for k, v in state.items() if k not in skip}
+    missing = [k for k in mapping if k not in used]
+    unexpected = [k for k in used if k not in mapping]
+    misshaped, values = [], []
+    for key, (var, transform) in mapping.items():
+        if key not in used:
+            continue
+        value = transform(np.asarray(used[key], dtype=np.float32))
+        if tuple(value.shape) != tuple(var.shape):
+            misshaped.append(
+                f"{key} {tuple(used[key].shape)} (model expects {tuple(var.shape)} after "
+                "layout conversion)"
+            )
+        else:
+            values.append((var, value))
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model: " + " | ".join(problems))
+    for var, value in values:
+        var.assign(value)
+    return len(values), int(sum(v.size for _, v in values)), ignored
+
+
+def convert_official(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    base_config: Config | None = None,
+    stride_in_1x1: bool | None = None,
+) -> ConversionResult:
+    """Read an official ATSS checkpoint, build the matching model, copy the weights.
+
+    Args:
+        checkpoint: ``torch.save`` file (``{"model": state_dict}`` or a bare
+            state dict), read without torch and without running pickled code.
+        output: write the model here as ``.keras`` (loadable with
+            ``keras.saving.load_model``); ``None``: do not write.
+        base_config: settings to keep that the checkpoint does not determine.
+        stride_in_1x1: see :func:`infer_config`.
+
+    Returns:
+        A :class:`ConversionResult`.
+
+    Raises:
+        FileNotFoundError, CheckpointError (incl. UnsafeCheckpointError),
+        ConversionError.
+    """
+    from atss_tf.model import build_detector
+
+    if output is not None and not os.fspath(output).endswith(".keras"):
+        raise ValueError(f"output {os.fspath(output)!r} must end with .keras")
+    state = strip_prefix(load_state_dict(checkpoint))
+    cfg = infer_config(state, base_config, stride_in_1x1)
+    model = build_detector(cfg)
+    tensors, params, ignored = load_official_weights(model, state)
+    result = ConversionResult(model, cfg, tensors, params, ignored)
+    if output is not None:
+        output = os.fspath(output)
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"output directory does not exist: {parent}")
+        model.save(output)
+        result.output = output
+    return result

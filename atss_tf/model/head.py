@@ -1,0 +1,184 @@
+"""ATSS head: classification and box towers shared across levels (ATSS_SPEC §4).
+
+Official names (prefix ``rpn.head.``) -> Keras layers:
+
+=====================================  ===================================
+official                               Keras layer / weight
+=====================================  ===================================
+``cls_tower.{3i}.{weight,bias}``       ``cls_tower_conv{i}.{kernel,bias}``
+``cls_tower.{3i+1}.{weight,bias}``     ``cls_tower_norm{i}.{gamma,beta}``
+``bbox_tower.{3i}`` / ``{3i+1}``       ``bbox_tower_conv{i}`` / ``bbox_tower_norm{i}``
+``cls_logits``, ``bbox_pred``,         same names (``kernel``, ``bias``)
+``centerness``
+``scales.{l}.scale``                   ``scale{l}.scale`` (shape ``()``)
+=====================================  ===================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+from atss_tf.model.layers import Scale, TorchConv2D
+
+GROUP_NORM_EPSILON = 1e-5  # torch.nn.GroupNorm default
+
+
+def _conv(filters: int, name: str, bias: float = 0.0) -> TorchConv2D:
+    return TorchConv2D(
+        filters,
+        3,
+        use_bias=True,
+        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
+        bias_initializer=keras.initializers.Constant(bias),
+        name=name,
+    )
+
+
+@keras.saving.register_keras_serializable(package="atss_tf")
+class ATSSHead(keras.layers.Layer):
+    """Two conv towers and the three predictors, applied to every pyramid level.
+
+    Each tower: ``num_convs`` x [3x3 conv (bias) -> GroupNorm -> ReLU]; the
+    classification tower feeds ``cls_logits``, the box tower feeds ``bbox_pred``
+    (times the level's learnable :class:`Scale`) and ``centerness``.
+
+    Args:
+        num_classes: foreground classes C.
+        num_anchors: anchors per location A.
+        num_levels: pyramid levels (one :class:`Scale` each).
+        num_convs: convs per tower.
+        channels: tower width.
+        use_group_norm: GroupNorm in the towers (off: conv -> ReLU).
+        group_norm_groups: GroupNorm groups (contiguous channel groups, as
+            PyTorch's NCHW grouping).
+        prior_prob: initial foreground probability (cls bias
+            ``-log((1 - p) / p)``).
+        regression: ``"box"`` (deltas) or ``"point"`` (ReLU after the scale,
+            regression bias initialised to 4).
+
+    Call: list of ``num_levels`` NHWC maps -> dict of per-level lists
+    ``"cls_logits"`` ``[B, h, w, A*C]``, ``"box_regression"`` ``[B, h, w, A*4]``
+    (scaled), ``"centerness"`` ``[B, h, w, A]``, in the compute dtype.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_anchors: int = 1,
+        num_levels: int = 5,
+        num_convs: int = 4,
+        channels: int = 256,
+        use_group_norm: bool = True,
+        group_norm_groups: int = 32,
+        prior_prob: float = 0.01,
+        regression: str = "box",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if regression not in ("box", "point"):
+            raise ValueError(f"regression must be 'box' or 'point', got {regression!r}")
+        if regression == "point" and num_anchors != 1:
+            raise ValueError("point regression needs one anchor per location")
+        self.num_classes = int(num_classes)
+        self.num_anchors = int(num_anchors)
+        self.num_levels = int(num_levels)
+        self.num_convs = int(num_convs)
+        self.channels = int(channels)
+        self.use_group_norm = bool(use_group_norm)
+        self.group_norm_groups = int(group_norm_groups)
+        self.prior_prob = float(prior_prob)
+        self.regression = regression
+
+        def tower(prefix: str) -> tuple[list, list]:
+            convs, norms = [], []
+            for i in range(self.num_convs):
+                convs.append(_conv(self.channels, f"{prefix}_conv{i}"))
+                if self.use_group_norm:
+                    norms.append(
+                        keras.layers.GroupNormalization(
+                            groups=self.group_norm_groups,
+                            epsilon=GROUP_NORM_EPSILON,
+                            name=f"{prefix}_norm{i}",
+                        )
+                    )
+            return convs, norms
+
+        self.cls_tower_convs, self.cls_tower_norms = tower("cls_tower")
+        self.bbox_tower_convs, self.bbox_tower_norms = tower("bbox_tower")
+        a = self.num_anchors
+        cls_bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
+        self.cls_logits = _conv(a * self.num_classes, "cls_logits", bias=cls_bias)
+        self.bbox_pred = _conv(a * 4, "bbox_pred", bias=4.0 if regression == "point" else 0.0)
+        self.centerness = _conv(a, "centerness")
+        self.scales = [Scale(1.0, name=f"scale{level}") for level in range(self.num_levels)]
+
+    def build(self, input_shape: Sequence) -> None:
+        shape = tuple(input_shape[0])
+        tower_shape = (None, None, None, self.channels)
+        for convs, norms in (
+            (self.cls_tower_convs, self.cls_tower_norms),
+            (self.bbox_tower_convs, self.bbox_tower_norms),
+        ):
+            for i, conv in enumerate(convs):
+                conv.build(shape if i == 0 else tower_shape)
+            for norm in norms:
+                norm.build(tower_shape)
+        last = tower_shape if self.num_convs else shape
+        for layer in (self.cls_logits, self.bbox_pred, self.centerness):
+            layer.build(last)
+        for scale in self.scales:
+            scale.build(())
+
+    def _tower(self, x, convs, norms):
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if norms:
+                x = norms[i](x)
+            x = ops.relu(x)
+        return x
+
+    def call(self, features: Sequence) -> dict:
+        if len(features) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} feature maps, got {len(features)}")
+        outputs = {"cls_logits": [], "box_regression": [], "centerness": []}
+        for level, x in enumerate(features):
+            cls_x = self._tower(x, self.cls_tower_convs, self.cls_tower_norms)
+            box_x = self._tower(x, self.bbox_tower_convs, self.bbox_tower_norms)
+            box = self.scales[level](self.bbox_pred(box_x))
+            if self.regression == "point":
+                box = ops.relu(box)
+            outputs["cls_logits"].append(self.cls_logits(cls_x))
+            outputs["box_regression"].append(box)
+            outputs["centerness"].append(self.centerness(box_x))
+        return outputs
+
+    def compute_output_shape(self, input_shape: Sequence) -> dict:
+        a = self.num_anchors
+        out = {"cls_logits": [], "box_regression": [], "centerness": []}
+        for s in input_shape:
+            b, h, w = s[0], s[1], s[2]
+            out["cls_logits"].append((b, h, w, a * self.num_classes))
+            out["box_regression"].append((b, h, w, a * 4))
+            out["centerness"].append((b, h, w, a))
+        return out
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "num_anchors": self.num_anchors,
+                "num_levels": self.num_levels,
+                "num_convs": self.num_convs,
+                "channels": self.channels,
+                "use_group_norm": self.use_group_norm,
+                "group_norm_groups": self.group_norm_groups,
+                "prior_prob": self.prior_prob,
+                "regression": self.regression,
+            }
+        )
+        return config

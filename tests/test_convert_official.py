@@ -1,0 +1,153 @@
+"""Official ATSS R-50 checkpoint -> .keras via the CLI, checked against the authors' outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from atss_tf import cli
+from atss_tf.model import LEVELS, ATSSDetector
+from tests.conftest import inclusive_to_continuous
+
+TOLERANCE = 1e-4  # norm(diff) / norm(ref) per tensor (fixture README)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got.astype("float64") - want) / np.linalg.norm(want))
+
+
+@pytest.fixture(scope="module")
+def converted(official_checkpoint, official_outputs, tmp_path_factory):
+    """Convert once through ``atss-tf convert official``, reload, run the photo."""
+    out = tmp_path_factory.mktemp("convert") / "atss_r50.keras"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        rc = cli.main(["convert", "official", str(official_checkpoint), str(out)])
+    assert rc == 0, buffer.getvalue()
+    model = keras.saving.load_model(out)
+    image = official_outputs["input_rgb_uint8"].astype("float32")[None]
+    return {
+        "model": model,
+        "stdout": buffer.getvalue(),
+        "normalized": np.asarray(model.normalizer(image)),
+        "pyramid": {k: np.asarray(v) for k, v in model.features(image).items()},
+        "outputs": {k: np.asarray(v) for k, v in model(image).items()},
+    }
+
+
+def test_cli_reports_the_conversion(converted):
+    text = converted["stdout"]
+    assert "tensors mapped: 324" in text
+    assert "parameters: 32,350,490" in text
+    assert "ResNet-50" in text
+
+
+def test_converted_config_matches_official_settings(converted, official_outputs):
+    model = converted["model"]
+    assert isinstance(model, ATSSDetector)
+    cfg = model.config
+    assert cfg.official_compat and cfg.postprocess.score_mode == "sqrt"
+    b = cfg.model.backbone
+    assert (b.depth, b.groups, b.width_per_group, b.stride_in_1x1) == (50, 1, 64, True)
+    assert cfg.model.num_classes == 80 and cfg.model.fpn.p7_from_relu and cfg.model.input_bgr
+    np.testing.assert_allclose(cfg.model.pixel_mean, official_outputs["pixel_mean_bgr"].ravel())
+    np.testing.assert_allclose(
+        cfg.model.pixel_std, np.broadcast_to(official_outputs["pixel_std"].ravel(), (3,))
+    )
+    grid = model.anchor_grid((512, 512))
+    np.testing.assert_allclose(
+        grid.boxes, inclusive_to_continuous(official_outputs["anchors_xyxy_inclusive"]), atol=1e-4
+    )
+
+
+def test_normalisation_matches_official_input(converted, official_outputs):
+    got = converted["normalized"].transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, official_outputs["input_normalized_nchw"], atol=1e-4)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fpn_outputs_match_official(converted, official_outputs, level):
+    want = official_outputs[f"fpn_{level}"]
+    got = converted["pyramid"][level].transpose(0, 3, 1, 2)
+    assert got.shape == want.shape
+    assert relative_error(got, want) < TOLERANCE
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [("cls_logits", "cls_logits"), ("box_regression", "bbox_reg"), ("centerness", "centerness")],
+)
+def test_head_outputs_match_official(converted, official_outputs, level, ours, theirs):
+    """The flattened model outputs, sliced per level, against the NCHW reference maps."""
+    model = converted["model"]
+    grid = model.anchor_grid((512, 512))
+    i = LEVELS.index(level)
+    start, count = grid.level_starts[i], grid.num_per_level[i]
+    want = official_outputs[f"{theirs}_{level}"]  # [1, A*k, h, w], A = 1
+    want = want.transpose(0, 2, 3, 1).reshape(1, count, -1)
+    got = converted["outputs"][ours][:, start : start + count]
+    assert got.shape == want.shape
+    assert relative_error(got, want) < TOLERANCE
+
+
+def test_cli_reports_bad_inputs(tmp_path, capsys, official_checkpoint):
+    out = str(tmp_path / "m.keras")
+    assert cli.main(["convert", "official", str(tmp_path / "nope.pth"), out]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+
+    text_file = tmp_path / "notes.pth"
+    text_file.write_text("not a checkpoint")
+    assert cli.main(["convert", "official", str(text_file), out]) == 1
+    assert "is not a zip archive" in capsys.readouterr().err
+
+    assert cli.main(["convert", "official", str(official_checkpoint), str(tmp_path / "m.h5")]) == 1
+    assert "must end with .keras" in capsys.readouterr().err
+
+    bogus = tmp_path / "other.pth"
+    with zipfile.ZipFile(bogus, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")  # an empty dict
+    assert cli.main(["convert", "official", str(bogus), out]) == 1
+    assert "no tensors found" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "mmdet", str(official_checkpoint), out])
+
+
+def _shape_only_state(blocks3: int, conv2: tuple, p6_in: int = 256) -> dict:
+    z = np.zeros
+    state = {f"backbone.body.layer3.{i}.conv1.weight": z((1, 1, 1, 1)) for i in range(blocks3)}
+    state.update(
+        {
+            "backbone.body.layer1.0.conv2.weight": z(conv2),
+            "backbone.body.layer1.0.conv3.weight": z((256, conv2[0], 1, 1)),
+            "backbone.fpn.fpn_inner2.weight": z((256, 512, 1, 1)),
+            "backbone.fpn.top_blocks.p6.weight": z((256, p6_in, 3, 3)),
+            "rpn.head.cls_tower.0.weight": z((256, 256, 3, 3)),
+            "rpn.head.cls_tower.1.weight": z((256,)),
+            "rpn.head.bbox_pred.bias": z((4,)),
+            "rpn.head.cls_logits.bias": z((80,)),
+        }
+    )
+    return state
+
+
+def test_infer_config_reads_resnext_101_and_refuses_p6_from_c5():
+    from atss_tf.convert import ConversionError, infer_config
+
+    cfg = infer_config(_shape_only_state(23, (256, 8, 3, 3)))  # X-101 32x8d
+    b = cfg.model.backbone
+    assert (b.depth, b.groups, b.width_per_group, b.stride_in_1x1) == (101, 32, 8, False)
+    assert (cfg.model.head.num_convs, cfg.model.head.use_group_norm) == (1, True)
+    assert infer_config(
+        _shape_only_state(23, (256, 8, 3, 3)), stride_in_1x1=True
+    ).model.backbone.stride_in_1x1
+    with pytest.raises(ConversionError, match="P6 computed from C5"):
+        infer_config(_shape_only_state(6, (64, 64, 3, 3), p6_in=2048))
+    with pytest.raises(ConversionError, match="layer3 has 4 blocks"):
+        infer_config(_shape_only_state(4, (64, 64, 3, 3)))
