@@ -1,0 +1,368 @@
+"""tf.data input pipelines for training and evaluation.
+
+``build_dataset(config, "train", encoder_factory)`` yields ``(x, y)`` for a
+Keras ``fit`` with a custom ``train_step``; ``build_dataset(config, "val")``
+yields ``x``. With ``B`` the batch size, ``(Hc, Wc)`` one of
+``config.data.canvases`` and ``M = data.max_instances``::
+
+    x = {
+        "images":     float32 [B, Hc, Wc, 3]  RGB 0..255, padded with the pixel mean
+        "image_info": float32 [B, 4, 2]       see atss_tf.data.transforms
+        "image_id":   int64   [B]             COCO image id
+    }
+    y = encoder_factory((Hc, Wc))(gt_boxes, gt_labels, gt_mask)   # per image, batched
+      | gt                                    # training without an encoder
+    gt = {
+        "gt_boxes":    float32 [B, M, 4]  continuous xyxy canvas pixels, zeros in padding
+        "gt_labels":   int32   [B, M]     contiguous 1..C, 0 in padding
+        "gt_mask":     bool    [B, M]     a real non-crowd box (training target)
+        "gt_is_crowd": bool    [B, M]     crowd box kept as ignore region (crowd="ignore")
+    }
+
+Every batch holds images of a single canvas, so its shapes are static and at
+most ``len(canvases)`` shapes ever occur; with one canvas the dataset's
+``element_spec`` itself is fully static. Images are grouped by canvas with
+``group_by_window``. Training shuffles (the whole split when read from json,
+``data.shuffle_buffer`` records from TFRecords), repeats and drops remainders;
+a seed makes the whole stream (order, scales, flips) reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from atss_tf.data import tfrecords
+from atss_tf.data.coco import CategoryMap, CocoDataset, DataError, load_coco, read_coco_json
+from atss_tf.data.transforms import TransformConfig, decode_image, pad_instances, transform
+
+logger = logging.getLogger("atss_tf.data")
+
+EncoderFactory = Callable[[tuple[int, int]], Callable[..., dict[str, tf.Tensor]]]
+SPLITS = ("train", "val")
+
+
+def _split_settings(config, split: str) -> tuple[str | None, str | None, str | None]:
+    data = config.data
+    if split == "train":
+        return data.train_annotations, data.train_images, data.train_tfrecords
+    return data.val_annotations, data.val_images, data.val_tfrecords
+
+
+def resolve_category_map(config, split: str = "train") -> CategoryMap:
+    """The category map of a split: from its annotations json if configured,
+    else from ``PREFIX.categories.json`` beside its TFRecords, else ids
+    ``1..model.num_classes`` (logged as a warning)."""
+    annotations, _, pattern = _split_settings(config, split)
+    if annotations:
+        return CategoryMap.from_coco(read_coco_json(annotations)["categories"])
+    if pattern:
+        found = tfrecords.find_category_map(pattern)
+        if found is not None:
+            return found
+    logger.warning(
+        "no categories for the %s split (no annotations json, no .categories.json beside the "
+        "TFRecords): assuming category ids 1..%d",
+        split,
+        config.model.num_classes,
+    )
+    return CategoryMap.identity(config.model.num_classes)
+
+
+def load_split(config, split: str = "train", **kwargs: Any) -> CocoDataset:
+    """:func:`load_coco` of ``data.{split}_annotations`` / ``_images`` with the
+    config's crowd mode and ``max_instances`` (training skips empty images)."""
+    annotations, images, _ = _split_settings(config, split)
+    if not annotations or not images:
+        raise DataError(f"data.{split}_annotations and data.{split}_images must both be set")
+    return load_coco(
+        annotations,
+        images,
+        training=split == "train",
+        crowd=config.data.crowd,
+        max_instances=config.data.max_instances,
+        **kwargs,
+    )
+
+
+def load_val_annotations(config) -> tuple[Any, tuple[int, ...]]:
+    """Ground truth for COCO evaluation of the val split.
+
+    Returns:
+        ``(coco, category_ids)``: a ``pycocotools.coco.COCO`` of
+        ``data.val_annotations`` (or, without a json, rebuilt from
+        ``data.val_tfrecords``), and the dataset category id of each label:
+        ``category_ids[label - 1]``.
+    """
+    from pycocotools.coco import COCO
+
+    if config.data.val_annotations:
+        data = read_coco_json(config.data.val_annotations)
+        category_map = CategoryMap.from_coco(data["categories"])
+    elif config.data.val_tfrecords:
+        category_map = resolve_category_map(config, "val")
+        data = tfrecords.coco_from_tfrecords(config.data.val_tfrecords, category_map)
+    else:
+        raise DataError("data.val_annotations or data.val_tfrecords must be set for evaluation")
+    coco = COCO()
+    coco.dataset = data
+    coco.createIndex()
+    return coco, category_map.category_ids
+
+
+def _records_dataset(dataset: CocoDataset) -> tf.data.Dataset:
+    """Light per-image elements (paths and annotations, no pixels)."""
+    recs = dataset.records
+    row_lengths = [len(r["labels"]) for r in recs]
+
+    def ragged(key, dtype, inner):
+        flat = np.concatenate(
+            [np.reshape(r[key], [-1, *inner]) for r in recs] or [np.zeros([0, *inner])]
+        )
+        return tf.RaggedTensor.from_row_lengths(
+            tf.constant(flat.astype(dtype)), tf.constant(row_lengths, tf.int64)
+        )
+
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "path": tf.constant([r["path"] for r in recs], tf.string),
+            "image_id": tf.constant([r["image_id"] for r in recs], tf.int64),
+            "height": tf.constant([r["height"] for r in recs], tf.int32),
+            "width": tf.constant([r["width"] for r in recs], tf.int32),
+            "boxes": ragged("boxes", np.float32, [4]),
+            "labels": ragged("labels", np.int32, []),
+            "is_crowd": ragged("is_crowd", bool, []),
+        }
+    )
+
+
+def _load_coco_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    image = decode_image(tf.io.read_file(elem["path"]), elem["path"])
+    shape = tf.shape(image)
+    check = tf.debugging.Assert(
+        tf.equal(shape[0], elem["height"]) & tf.equal(shape[1], elem["width"]),
+        [
+            "image file",
+            elem["path"],
+            "has height, width",
+            shape[:2],
+            "but its annotations say",
+            elem["height"],
+            elem["width"],
+        ],
+    )
+    with tf.control_dependencies([check]):
+        image = tf.identity(image)
+    return {
+        "image": image,
+        "image_id": elem["image_id"],
+        "boxes": tf.reshape(tf.cast(elem["boxes"], tf.float32), [-1, 4]),
+        "labels": tf.cast(elem["labels"], tf.int32),
+        "is_crowd": tf.cast(elem["is_crowd"], tf.bool),
+    }
+
+
+def _tfrecord_records(
+    files: list[str], category_map: CategoryMap, crowd: str, training: bool, seed: int
+) -> tf.data.Dataset:
+    """Parsed, annotation-cleaned records (images still encoded)."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+    def parse(serialized):
+        p = tfrecords.parse_example(serialized)
+        ann, _ = tfrecords.filter_annotations(p, category_map, crowd)
+        return {
+            "encoded": p["encoded"],
+            "name": tfrecords.record_name(p),
+            "image_id": p["image_id"],
+            "height": tf.cast(p["height"], tf.int32),
+            "width": tf.cast(p["width"], tf.int32),
+            **ann,
+        }
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.filter(lambda e: tf.reduce_any(tf.logical_not(e["is_crowd"])))
+    return ds
+
+
+def _load_tfrecord_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    image = decode_image(elem["encoded"], elem["name"])
+    shape = tf.shape(image)
+    h, w = elem["height"], elem["width"]
+    check = tf.debugging.Assert(
+        ((h <= 0) | tf.equal(shape[0], h)) & ((w <= 0) | tf.equal(shape[1], w)),
+        [
+            "image of",
+            elem["name"],
+            "has height, width",
+            shape[:2],
+            "but image/height, image/width say",
+            h,
+            w,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        size = tf.cast(tf.stack([shape[1], shape[0], shape[1], shape[0]]), tf.float32)
+    return {
+        "image": image,
+        "image_id": elem["image_id"],
+        "boxes": elem["boxes"] * size,
+        "labels": elem["labels"],
+        "is_crowd": elem["is_crowd"],
+    }
+
+
+def _encode(
+    gt: dict[str, tf.Tensor], canvas_index: tf.Tensor, encoders: list[Callable]
+) -> dict[str, tf.Tensor]:
+    def call(encoder):
+        return lambda: dict(encoder(gt["gt_boxes"], gt["gt_labels"], gt["gt_mask"]))
+
+    if len(encoders) == 1:
+        return call(encoders[0])()
+    return tf.switch_case(canvas_index, [call(e) for e in encoders])
+
+
+def build_dataset(
+    config,
+    split: str = "train",
+    encoder_factory: EncoderFactory | None = None,
+    *,
+    source: CocoDataset | str | None = None,
+    category_map: CategoryMap | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    repeat: bool | None = None,
+    with_gt: bool = False,
+    scan_tfrecords: bool = False,
+) -> tf.data.Dataset:
+    """The batched input pipeline of a split (element structure: module docstring).
+
+    Args:
+        config: :class:`atss_tf.config.Config` (``data.*``, ``model.pixel_mean``,
+            ``model.input_bgr``, ``train.seed``).
+        split: ``"train"`` (shuffle, multi-scale, flip, skip images without
+            boxes, repeat, drop remainder; yields ``(x, y)``) or ``"val"``
+            (every image once, in order; yields ``x``).
+        encoder_factory: ``factory((Hc, Wc)) -> encoder`` called once per
+            canvas; ``encoder(gt_boxes [M, 4], gt_labels [M], gt_mask [M])``
+            returns a dict of per-image tensors, run in the pipeline per image.
+        source: a loaded :class:`CocoDataset`, or a TFRecord glob; default:
+            ``data.{split}_tfrecords`` if set, else the split's COCO json and
+            images.
+        category_map: for TFRecords (default :func:`resolve_category_map`).
+        seed: default ``config.train.seed``.
+        batch_size: default ``config.data.batch_size`` (the global batch).
+        repeat: repeat forever; default True for training.
+        with_gt: also return the ground-truth dict: ``(x, gt)`` for
+            evaluation, merged into ``y`` for training with an encoder.
+        scan_tfrecords: read the TFRecords once up front to count (and log)
+            dropped boxes and skipped images, like the COCO reader does.
+
+    Raises:
+        DataError: no data configured, or the dataset's number of categories
+            differs from ``model.num_classes``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    training = split == "train"
+    data = config.data
+    seed = int(config.train.seed if seed is None else seed)
+    batch_size = int(data.batch_size if batch_size is None else batch_size)
+    repeat = training if repeat is None else repeat
+    params = TransformConfig.from_config(config, training)
+    parallel = tf.data.AUTOTUNE if data.num_parallel_calls < 0 else data.num_parallel_calls
+
+    if source is None:
+        _, _, pattern = _split_settings(config, split)
+        source = pattern if pattern else load_split(config, split)
+    if isinstance(source, CocoDataset):
+        category_map = source.category_map
+        ds = _records_dataset(source)
+        load = _load_coco_element
+    else:
+        files = tfrecords.match_files(source)
+        category_map = category_map or resolve_category_map(config, split)
+        if scan_tfrecords:
+            tfrecords.scan_report(
+                files,
+                category_map,
+                training=training,
+                crowd=data.crowd,
+                max_instances=data.max_instances,
+            ).log(logger)
+        else:
+            logger.info(
+                "%s: %d TFRecord files; crowd=%s, empty images %s, boxes beyond %d truncated, "
+                "in the pipeline (scan_tfrecords=True counts them)",
+                source,
+                len(files),
+                data.crowd,
+                "skipped" if training else "kept",
+                data.max_instances,
+            )
+        ds = _tfrecord_records(files, category_map, data.crowd, training, seed)
+        load = _load_tfrecord_element
+    if category_map.num_classes != config.model.num_classes:
+        raise DataError(
+            f"the dataset has {category_map.num_classes} categories but model.num_classes is "
+            f"{config.model.num_classes}"
+        )
+
+    if training:
+        # JSON-sourced elements hold no pixels: shuffle the whole split like the
+        # official sampler. TFRecord elements hold encoded images: a buffer.
+        buffer = len(source) if isinstance(source, CocoDataset) else data.shuffle_buffer
+        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    encoders = [encoder_factory((h, w)) for h, w in params.canvases] if encoder_factory else None
+
+    def prepare(index, elem):
+        ex = load(elem)
+        element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        out = transform(ex["image"], ex["boxes"], params, element_seed if params.random else None)
+        gt = pad_instances(out["boxes"], ex["labels"], ex["is_crowd"], params.max_instances)
+        x = {"images": out["image"], "image_info": out["image_info"], "image_id": ex["image_id"]}
+        if training:
+            y = _encode(gt, out["canvas_index"], encoders) if encoders else gt
+            if encoders and with_gt:
+                y = {**y, **gt}
+        else:
+            y = gt if with_gt else {}
+        return {"x": x, "y": y, "canvas": tf.cast(out["canvas_index"], tf.int64)}
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=parallel, deterministic=True)
+    drop = training
+    if len(params.canvases) == 1:
+        ds = ds.batch(batch_size, drop_remainder=drop)
+    else:
+        ds = ds.group_by_window(
+            key_func=lambda e: e["canvas"],
+            reduce_func=lambda _, window: window.batch(batch_size, drop_remainder=drop),
+            window_size=batch_size,
+        )
+
+    def finish(e):
+        if training or with_gt:
+            return e["x"], e["y"]
+        return e["x"]
+
+    ds = ds.map(finish).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
