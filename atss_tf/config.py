@@ -90,6 +90,9 @@ class BackboneConfig:
     width_per_group: int = 64  # 8 for X-101 32x8d, 4 for 64x4d
     width_multiplier: float = 1.0  # shrink every stage (tiny models for tests/demo)
     freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + stage 1
+    # frozen_bn: fixed affine (pretrained backbones, official); batch_norm:
+    # trainable BN for training a backbone from scratch (the synthetic demo).
+    norm: str = "frozen_bn"
     weights: str | None = None  # None | "imagenet" (keras.applications, caffe mode)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from atss_tf.anchors import AnchorGrid, anchors_for_config
@@ -64,7 +65,13 @@ class ATSSDetector(keras.Model):
                 "the network predicts on P3..P7"
             )
         self.config = config
+        self._resolved = resolved
         self._anchor_grids: dict[tuple[int, int], AnchorGrid] = {}
+        self._encoders: dict[tuple[int, int], object] = {}
+        self.loss_trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "cls_loss", "reg_loss", "centerness_loss")
+        }
         b = m.backbone
         self.normalizer = ImageNormalization(
             mean=m.pixel_mean, std=m.pixel_std, bgr=m.input_bgr, name="normalizer"
@@ -76,6 +83,7 @@ class ATSSDetector(keras.Model):
             width_per_group=b.width_per_group,
             width_multiplier=b.width_multiplier,
             freeze_at=b.freeze_at,
+            norm=b.norm,
             name="backbone",
         )
         self.fpn = FeaturePyramid(
@@ -138,6 +146,94 @@ class ATSSDetector(keras.Model):
 
     def call(self, images, training: bool | None = None) -> dict:
         return self.flatten_outputs(self.head_outputs(images))
+
+    # ------------------------------------------------------------------ #
+    # Keras fit / evaluate / predict
+    # ------------------------------------------------------------------ #
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    @staticmethod
+    def _images(x):
+        return x["images"] if isinstance(x, dict) else x
+
+    def _targets(self, x, y, image_size: tuple[int, int]) -> dict:
+        """Dense per-anchor targets: from the data pipeline when ``y`` holds them
+        (``cls_targets``/``box_targets``), else encoded here from the padded
+        ground truth ``x["gt_boxes"|"gt_labels"|"gt_mask"]`` (targets on device)."""
+        if isinstance(y, dict) and "cls_targets" in y:
+            return y
+        if not (isinstance(x, dict) and "gt_boxes" in x):
+            raise ValueError(
+                "training needs targets: y with 'cls_targets' and 'box_targets' (from "
+                "atss_tf.targets.TargetEncoder in tf.data) or x with 'gt_boxes', "
+                "'gt_labels' and 'gt_mask'"
+            )
+        if image_size not in self._encoders:
+            from atss_tf.targets import TargetEncoder
+
+            self._encoders[image_size] = TargetEncoder(self.config, image_size)
+        return self._encoders[image_size].encode_batch(x["gt_boxes"], x["gt_labels"], x["gt_mask"])
+
+    def compute_atss_losses(self, x, y, training: bool) -> dict:
+        """Forward pass and the three ATSS losses (official per-replica values)."""
+        from atss_tf.losses import atss_losses
+
+        images = self._images(x)
+        image_size = (int(images.shape[1]), int(images.shape[2]))
+        targets = self._targets(x, y, image_size)
+        outputs = self(images, training=training)
+        anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
+        losses = atss_losses(outputs, targets, anchors, self.config)
+        losses["loss"] = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
+        return losses
+
+    def _update_trackers(self, losses: dict) -> dict:
+        for name, tracker in self.loss_trackers.items():
+            tracker.update_state(losses[name])
+        return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
+
+    def train_step(self, data):
+        x, y = data if isinstance(data, tuple) else (data, None)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            losses = self.compute_atss_losses(x, y, training=True)
+            # The official per-replica loss is averaged over GPUs by DDP; Keras
+            # sums replica gradients, so each replica contributes loss / N.
+            loss = losses["loss"] / replicas
+            loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_trackers(losses)
+
+    def test_step(self, data):
+        x, y = data if isinstance(data, tuple) else (data, None)
+        return self._update_trackers(self.compute_atss_losses(x, y, training=False))
+
+    def predict_step(self, data):
+        """Detections for a batch: ``x`` is images ``[B, H, W, 3]`` (RGB 0..255 on
+        a canvas) or a dict with ``images`` and optionally ``image_info`` (then
+        boxes are clipped to each image's valid, unpadded area).
+
+        Returns dict ``boxes`` ``[B, D, 4]`` (continuous xyxy, canvas pixels),
+        ``scores`` ``[B, D]``, ``classes`` ``[B, D]`` int32 (1..C, 0 = padding),
+        ``num_detections`` ``[B]`` int32; D = ``postprocess.max_detections``.
+        """
+        from atss_tf.postprocess import postprocess
+
+        x = data[0] if isinstance(data, tuple) else data
+        images = self._images(x)
+        image_sizes = None
+        if isinstance(x, dict) and "image_info" in x:
+            from atss_tf.data.transforms import valid_image_size
+
+            image_sizes = valid_image_size(x["image_info"])
+        outputs = self(images, training=False)
+        grid = self.anchor_grid((int(images.shape[1]), int(images.shape[2])))
+        return postprocess(outputs, grid, self.config, image_sizes=image_sizes)
 
     def anchor_grid(self, image_size: tuple[int, int]) -> AnchorGrid:
         """Anchors for a canvas ``(height, width)``, in output order (cached)."""

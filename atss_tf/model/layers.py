@@ -297,3 +297,23 @@ class ImageNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update({"mean": list(self.mean), "std": list(self.std), "bgr": self.bgr})
         return config
+
+
+NORMS = ("frozen_bn", "batch_norm")
+
+
+def make_norm(norm: str, name: str, frozen: bool = False) -> keras.layers.Layer:
+    """The backbone's normalisation layer.
+
+    ``"frozen_bn"``: :class:`FrozenBatchNorm` (pretrained backbones, official).
+    ``"batch_norm"``: a trainable ``keras.layers.BatchNormalization`` with
+    PyTorch's defaults (eps 1e-5, momentum 0.1 there = 0.9 here), for training a
+    backbone from scratch (the synthetic demo); non-trainable in frozen stages.
+    """
+    if norm == "frozen_bn":
+        return FrozenBatchNorm(name=name)
+    if norm == "batch_norm":
+        layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+        layer.trainable = not frozen
+        return layer
+    raise ValueError(f"unknown backbone norm {norm!r}: expected one of {NORMS}")

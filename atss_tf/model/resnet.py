@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from atss_tf.model.layers import KAIMING_UNIFORM_A1, FrozenBatchNorm, TorchConv2D, TorchMaxPool2D
+from atss_tf.model.layers import KAIMING_UNIFORM_A1, TorchConv2D, TorchMaxPool2D, make_norm
 
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
@@ -73,9 +73,11 @@ class BottleneckBlock(keras.layers.Layer):
         groups: int = 1,
         stride_in_1x1: bool = True,
         frozen: bool = False,
+        norm: str = "frozen_bn",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.norm = norm
         self.bottleneck_channels = int(bottleneck_channels)
         self.out_channels = int(out_channels)
         self.strides = int(strides)
@@ -85,11 +87,11 @@ class BottleneckBlock(keras.layers.Layer):
         s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         width, f = self.bottleneck_channels, self.frozen
         self.conv1 = _conv(width, 1, strides=s1, frozen=f, name="conv1")
-        self.bn1 = FrozenBatchNorm(name="bn1")
+        self.bn1 = make_norm(self.norm, "bn1", self.frozen)
         self.conv2 = _conv(width, 3, strides=s3, groups=self.groups, frozen=f, name="conv2")
-        self.bn2 = FrozenBatchNorm(name="bn2")
+        self.bn2 = make_norm(self.norm, "bn2", self.frozen)
         self.conv3 = _conv(self.out_channels, 1, frozen=f, name="conv3")
-        self.bn3 = FrozenBatchNorm(name="bn3")
+        self.bn3 = make_norm(self.norm, "bn3", self.frozen)
         self.downsample_conv = None
         self.downsample_bn = None
 
@@ -110,7 +112,7 @@ class BottleneckBlock(keras.layers.Layer):
                 frozen=self.frozen,
                 name="downsample_conv",
             )
-            self.downsample_bn = FrozenBatchNorm(name="downsample_bn")
+            self.downsample_bn = make_norm(self.norm, "downsample_bn", self.frozen)
             self.downsample_conv.build(input_shape)
             self.downsample_bn.build((None, None, None, self.out_channels))
 
@@ -143,6 +145,7 @@ class BottleneckBlock(keras.layers.Layer):
                 "groups": self.groups,
                 "stride_in_1x1": self.stride_in_1x1,
                 "frozen": self.frozen,
+                "norm": self.norm,
             }
         )
         return config
@@ -162,16 +165,24 @@ class BasicBlock(keras.layers.Layer):
     (torchvision naming: ``downsample.0`` / ``downsample.1``).
     """
 
-    def __init__(self, out_channels: int, strides: int = 1, frozen: bool = False, **kwargs):
+    def __init__(
+        self,
+        out_channels: int,
+        strides: int = 1,
+        frozen: bool = False,
+        norm: str = "frozen_bn",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.norm = norm
         self.out_channels = int(out_channels)
         self.strides = int(strides)
         self.frozen = bool(frozen)
         c, f = self.out_channels, self.frozen
         self.conv1 = _conv(c, 3, strides=self.strides, frozen=f, name="conv1")
-        self.bn1 = FrozenBatchNorm(name="bn1")
+        self.bn1 = make_norm(self.norm, "bn1", self.frozen)
         self.conv2 = _conv(c, 3, frozen=f, name="conv2")
-        self.bn2 = FrozenBatchNorm(name="bn2")
+        self.bn2 = make_norm(self.norm, "bn2", self.frozen)
         self.downsample_conv = None
         self.downsample_bn = None
 
@@ -185,7 +196,7 @@ class BasicBlock(keras.layers.Layer):
             self.downsample_conv = _conv(
                 c, 1, strides=self.strides, frozen=self.frozen, name="downsample_conv"
             )
-            self.downsample_bn = FrozenBatchNorm(name="downsample_bn")
+            self.downsample_bn = make_norm(self.norm, "downsample_bn", self.frozen)
             self.downsample_conv.build(input_shape)
             self.downsample_bn.build((None, None, None, c))
 
@@ -203,7 +214,12 @@ class BasicBlock(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            {"out_channels": self.out_channels, "strides": self.strides, "frozen": self.frozen}
+            {
+                "out_channels": self.out_channels,
+                "strides": self.strides,
+                "frozen": self.frozen,
+                "norm": self.norm,
+            }
         )
         return config
 
@@ -238,9 +254,11 @@ class ResNetBackbone(keras.layers.Layer):
         width_per_group: int = 64,
         width_multiplier: float = 1.0,
         freeze_at: int = 2,
+        norm: str = "frozen_bn",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.norm = norm
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"ResNet depth {depth} is not supported: expected 18, 34, 50 or 101")
         bottleneck = depth in BOTTLENECK_DEPTHS
@@ -266,7 +284,7 @@ class ResNetBackbone(keras.layers.Layer):
             kernel_initializer=KAIMING_UNIFORM_A1,
             name="stem_conv1",
         )
-        self.stem_bn1 = FrozenBatchNorm(name="stem_bn1")
+        self.stem_bn1 = make_norm(self.norm, "stem_bn1", self.freeze_at >= 1)
         self.stem_pool = TorchMaxPool2D(3, strides=2, padding=1, name="stem_pool")
 
         self.stages: list[list[keras.layers.Layer]] = []
@@ -288,11 +306,14 @@ class ResNetBackbone(keras.layers.Layer):
                         groups=self.groups,
                         stride_in_1x1=self.stride_in_1x1,
                         frozen=frozen,
+                        norm=self.norm,
                         name=name,
                     )
                 else:
                     out = _scaled(64 * factor, m)
-                    block = BasicBlock(out, strides=strides, frozen=frozen, name=name)
+                    block = BasicBlock(
+                        out, strides=strides, frozen=frozen, norm=self.norm, name=name
+                    )
                 blocks.append(block)
             self.stages.append(blocks)
             out_channels.append(out)
@@ -338,6 +359,7 @@ class ResNetBackbone(keras.layers.Layer):
                 "width_per_group": self.width_per_group,
                 "width_multiplier": self.width_multiplier,
                 "freeze_at": self.freeze_at,
+                "norm": self.norm,
             }
         )
         return config
