@@ -16,6 +16,7 @@ setup(
         "keras>=3.8",
         "numpy",
         "pycocotools",
+        "tensorboard",
         "pyyaml",
         "pillow",
         "matplotlib",

@@ -115,6 +115,8 @@ class HeadConfig:
 @dataclass
 class ModelConfig:
     num_classes: int = 80
+    # Names of labels 1..num_classes (for pictures and json); empty: "class <k>".
+    class_names: tuple[str, ...] = ()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -279,6 +281,12 @@ def validate(cfg: Config) -> None:
         "null or 'imagenet'",
     )
     check(cfg.model.num_classes >= 1, "model.num_classes", cfg.model.num_classes, ">= 1")
+    check(
+        len(cfg.model.class_names) in (0, cfg.model.num_classes),
+        "model.class_names",
+        cfg.model.class_names,
+        f"empty or {cfg.model.num_classes} names (model.num_classes)",
+    )
     check(
         cfg.postprocess.score_mode in ("sqrt", "product"),
         "postprocess.score_mode",

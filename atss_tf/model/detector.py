@@ -145,7 +145,8 @@ class ATSSDetector(keras.Model):
         return out
 
     def call(self, images, training: bool | None = None) -> dict:
-        return self.flatten_outputs(self.head_outputs(images))
+        # A dataset element's inputs dict works too (Keras passes it when building).
+        return self.flatten_outputs(self.head_outputs(self._images(images)))
 
     # ------------------------------------------------------------------ #
     # Keras fit / evaluate / predict

@@ -1,0 +1,34 @@
+"""``atss-tf evaluate --config C --weights W [--out DIR]``: COCO metrics on the validation set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from atss_tf.commands.common import add_config_arguments, config_from_args
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, required=True)
+    parser.add_argument("--weights", required=True, help=".keras model or .weights.h5 checkpoint")
+    parser.add_argument("--out", default=".", help="folder for metrics.json and detections.json")
+
+
+def run(args) -> int:
+    from atss_tf.inference import load_detector
+    from atss_tf.trainer import make_evaluate_fn
+
+    cfg = config_from_args(args)
+    if not (cfg.data.val_annotations or cfg.data.val_tfrecords):
+        raise SystemExit(
+            "atss-tf evaluate: the config sets neither data.val_annotations nor data.val_tfrecords"
+        )
+    model = load_detector(args.weights, cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = make_evaluate_fn(model, cfg, out)()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for name, value in metrics.items():
+        print(f"{name:>6}: {value:.4f}")
+    print(f"Wrote {out / 'metrics.json'} and {out / 'detections.json'}")
+    return 0

@@ -1,0 +1,180 @@
+"""Detect objects in image files or arrays with a trained or converted model.
+
+The model sees what training saw: the image resized by the config's test
+size, padded onto a static canvas; detections come back in original image
+pixels (continuous xyxy) with contiguous labels 1..C and their names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from atss_tf.config import Config
+from atss_tf.data.transforms import TransformConfig, boxes_to_original, decode_image, transform
+
+
+def load_detector(weights: str | os.PathLike, config: Config | None = None) -> keras.Model:
+    """Load a detector from a ``.keras`` file, or build ``config`` and load a
+    ``.weights.h5`` checkpoint (``atss-tf train`` writes both).
+
+    Raises:
+        FileNotFoundError / ValueError naming the file when it cannot be used.
+    """
+    import atss_tf.model  # noqa: F401  (registers the custom layers)
+    from atss_tf.model import build_detector
+
+    path = Path(weights)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".keras":
+        return keras.saving.load_model(path, compile=False)
+    if path.name.endswith(".weights.h5"):
+        if config is None:
+            raise ValueError(f"{path} holds weights only: pass --config with the model's config")
+        model = build_detector(config)
+        _load_weights(model, path)
+        return model
+    raise ValueError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
+
+
+def _load_weights(model: keras.Model, path: Path) -> None:
+    # Training checkpoints also hold optimizer variables; a compiled twin reads them.
+    from atss_tf.trainer import compile_detector
+
+    compile_detector(model, model.config)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+
+
+def class_names(config: Config) -> list[str]:
+    """Names of labels 1..C (``model.class_names`` or ``class <k>``)."""
+    names = list(config.model.class_names)
+    return names or [f"class {k}" for k in range(1, config.model.num_classes + 1)]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """``uint8 [h, w, 3]`` RGB from a JPEG/PNG/GIF/BMP file (errors name the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        return decode_image(tf.io.read_file(str(path)), str(path)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f"cannot decode image {path}: {e.message.splitlines()[0]}") from None
+
+
+def detect(
+    model: keras.Model, images: Iterable[np.ndarray], config: Config | None = None
+) -> list[dict[str, np.ndarray]]:
+    """Run the detector on RGB images of any size.
+
+    Args:
+        model: an :class:`~atss_tf.model.ATSSDetector`.
+        images: ``uint8 [h, w, 3]`` RGB arrays.
+        config: transform settings; default the model's own.
+
+    Returns:
+        One dict per image: ``boxes`` ``[n, 4]`` float32 xyxy in original pixels,
+        ``scores`` ``[n]``, ``classes`` ``[n]`` int32 (1..C).
+    """
+    cfg = config or model.config
+    params = TransformConfig.from_config(cfg, training=False)
+    results = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image [h, w, 3], got shape {image.shape}")
+        t = transform(tf.convert_to_tensor(image), tf.zeros([0, 4]), params)
+        inputs = {"images": t["image"][None], "image_info": t["image_info"][None]}
+        det = model.predict_on_batch(inputs)
+        n = int(det["num_detections"][0])
+        boxes = boxes_to_original(det["boxes"][:, :n], inputs["image_info"]).numpy()[0]
+        results.append(
+            {
+                "boxes": boxes.astype(np.float32),
+                "scores": np.asarray(det["scores"][0, :n], np.float32),
+                "classes": np.asarray(det["classes"][0, :n], np.int32),
+            }
+        )
+    return results
+
+
+def draw_detections(
+    image: np.ndarray,
+    detections: dict[str, np.ndarray],
+    names: Sequence[str],
+    score_threshold: float = 0.3,
+    ax=None,
+    title: str | None = None,
+):
+    """Draw boxes with class names and scores on ``image`` with matplotlib.
+
+    Returns the matplotlib ``Axes`` (a new figure when ``ax`` is None), so a
+    notebook shows it inline and scripts can ``savefig``.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / max(image.shape[1], 1)))
+    ax.imshow(image)
+    colours = plt.get_cmap("tab10")
+    for box, score, cls in zip(detections["boxes"], detections["scores"], detections["classes"]):
+        if score < score_threshold:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box)
+        colour = colours((int(cls) - 1) % 10)
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1.5))
+        ax.text(
+            x1,
+            y1,
+            f"{names[int(cls) - 1]} {score:.2f}",
+            color="white",
+            fontsize=7,
+            va="bottom",
+            bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
+        )
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def save_detection_grid(
+    images: Sequence[np.ndarray],
+    detections: Sequence[dict[str, np.ndarray]],
+    names: Sequence[str],
+    path: str | os.PathLike,
+    score_threshold: float = 0.3,
+    titles: Sequence[str] | None = None,
+) -> None:
+    """Save a grid of pictures with their detections drawn to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            draw_detections(
+                images[i],
+                detections[i],
+                names,
+                score_threshold,
+                ax=ax,
+                title=titles[i] if titles else None,
+            )
+        else:
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

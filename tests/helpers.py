@@ -1,0 +1,61 @@
+"""Tiny configs and synthetic data for end-to-end tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atss_tf.config import Config, load_config
+from atss_tf.data.synthetic import generate_synthetic_coco
+
+TINY_OVERRIDES = [
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.width_multiplier=0.25",
+    "model.backbone.freeze_at=0",
+    "model.fpn.channels=32",
+    "model.head.num_convs=1",
+    "model.head.channels=32",
+    "model.head.group_norm_groups=8",
+    "model.input_bgr=false",
+    "model.pixel_mean=[123.675, 116.28, 103.53]",
+    "model.pixel_std=[58.395, 57.12, 57.375]",
+    "data.min_size=[128]",
+    "data.max_size=128",
+    "data.canvases=[[128, 128]]",
+    "data.max_instances=8",
+    "data.batch_size=4",
+    "train.warmup_iters=10",
+    "train.base_lr=0.04",
+    "train.steps_per_epoch=5",
+    "train.max_iters=10",
+    "train.lr_steps=[1000]",
+]
+
+
+def tiny_config(extra: list[str] | None = None) -> Config:
+    return load_config(None, TINY_OVERRIDES + list(extra or []))
+
+
+def with_synthetic_data(
+    cfg: Config, root: Path, n_train: int = 16, n_val: int = 8, size: int = 128
+) -> Config:
+    """Generate (or reuse) synthetic train/val splits under ``root`` and point ``cfg`` at them."""
+    root = Path(root)
+    for split, n, seed in (("train", n_train, 1), ("val", n_val, 2)):
+        ann = root / f"{split}.json"
+        if not ann.exists():
+            generate_synthetic_coco(
+                root,
+                n,
+                (size, size),
+                seed=seed,
+                num_classes=3,
+                object_size=(8, size * 3 // 4),
+                split=split,
+            )
+    cfg.data.train_annotations, cfg.data.train_images = (
+        str(root / "train.json"),
+        str(root / "train"),
+    )
+    cfg.data.val_annotations, cfg.data.val_images = str(root / "val.json"), str(root / "val")
+    return cfg
