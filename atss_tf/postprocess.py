@@ -215,9 +215,17 @@ def postprocess(
         inclusive=inclusive,
     )
     shift = tf.constant([0.0, 0.0, 1.0, 1.0])
-    cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
-    box_regression = tf.cast(outputs["box_regression"], tf.float32)
-    ctr_logits = tf.cast(outputs["centerness"], tf.float32)[..., 0]
+    # The anchor count is static even where a traced batch dimension made the
+    # flattened outputs' shape unknown (Keras' predict_function).
+    num_anchors = anchor_grid.num_anchors
+    cls_logits = tf.ensure_shape(
+        tf.cast(outputs["cls_logits"], tf.float32), [None, num_anchors, cfg.model.num_classes]
+    )
+    box_regression = tf.ensure_shape(
+        tf.cast(outputs["box_regression"], tf.float32), [None, num_anchors, 4]
+    )
+    ctr_logits = tf.ensure_shape(tf.cast(outputs["centerness"], tf.float32), [None, num_anchors, 1])
+    ctr_logits = ctr_logits[..., 0]
 
     if image_sizes is None:
         height, width = (float(v) for v in anchor_grid.image_size)

@@ -37,7 +37,12 @@ def tiny_config(extra: list[str] | None = None) -> Config:
 
 
 def with_synthetic_data(
-    cfg: Config, root: Path, n_train: int = 16, n_val: int = 8, size: int = 128
+    cfg: Config,
+    root: Path,
+    n_train: int = 16,
+    n_val: int = 8,
+    size: int = 128,
+    object_size: tuple[int, int] | None = None,
 ) -> Config:
     """Generate (or reuse) synthetic train/val splits under ``root`` and point ``cfg`` at them."""
     root = Path(root)
@@ -50,7 +55,7 @@ def with_synthetic_data(
                 (size, size),
                 seed=seed,
                 num_classes=3,
-                object_size=(8, size * 3 // 4),
+                object_size=object_size or (8, size * 3 // 4),
                 split=split,
             )
     cfg.data.train_annotations, cfg.data.train_images = (

@@ -1,0 +1,168 @@
+"""End to end: XLA train step, fit, learning, evaluation, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from atss_tf.config import save_config
+from atss_tf.data.pipeline import build_dataset
+from atss_tf.targets import TargetEncoder
+from atss_tf.trainer import build_training_model, make_evaluate_fn, train
+from tests.helpers import tiny_config, with_synthetic_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def test_train_step_compiles_with_xla_and_updates_weights(data_root):
+    cfg = with_synthetic_data(tiny_config(["train.jit_compile=true"]), data_root)
+    model = build_training_model(cfg)
+    ds = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=0)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(ds.repeat(), steps_per_epoch=2, epochs=1, verbose=0)
+    assert model.jit_compile is True
+    assert np.isfinite(history.history["loss"][-1])
+    assert set(history.history) >= {"loss", "cls_loss", "reg_loss", "centerness_loss"}
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert all(changed)
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def test_targets_encoded_in_the_step_equal_targets_from_tf_data(data_root):
+    """Device-side encoding (x carries padded GT) gives the same losses as tf.data encoding."""
+    cfg = with_synthetic_data(tiny_config(), data_root)
+    model = build_training_model(cfg)
+    encoded = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=3)
+    raw = build_dataset(cfg, "train", seed=3)
+    x, y = next(iter(encoded))
+    x2, gt = next(iter(raw))
+    np.testing.assert_array_equal(x["images"].numpy(), x2["images"].numpy())
+    a = model.compute_atss_losses(x, y, training=False)
+    b = model.compute_atss_losses({**x2, **gt}, None, training=False)
+    for key in ("cls_loss", "reg_loss", "centerness_loss"):
+        np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-5)
+
+
+def test_short_run_learns(data_root, tmp_path):
+    """A short run on synthetic shapes lifts AP50 far above the untrained model.
+
+    Measured when written (360 steps, ~80 s on 2 cores): untrained AP50 0.000,
+    trained 0.151. 20 validation images with batch 8 also exercise a partial
+    last batch, which Keras predicts with a dynamic batch dimension.
+    """
+    root = data_root / "learn"
+    cfg = with_synthetic_data(
+        tiny_config(
+            [
+                "train.max_iters=360",
+                "train.steps_per_epoch=90",
+                "train.lr_steps=[300]",
+                "data.batch_size=8",
+                "train.base_lr=0.08",
+                "model.backbone.width_multiplier=0.5",
+                "model.backbone.norm=batch_norm",
+                "model.fpn.channels=64",
+                "model.head.channels=64",
+                "model.head.num_convs=2",
+                "model.head.group_norm_groups=16",
+            ]
+        ),
+        root,
+        n_train=64,
+        n_val=20,
+        object_size=(16, 96),
+    )
+    untrained = build_training_model(cfg)
+    before = make_evaluate_fn(untrained, cfg)()
+    train(cfg, tmp_path / "run", verbose=0)
+    after = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    print(f"AP50 untrained {before['AP50']:.3f} -> trained {after['AP50']:.3f}")
+    assert before["AP50"] < 0.05
+    assert after["AP50"] > 0.1
+    assert after["AP50"] > before["AP50"] + 0.1
+    assert (tmp_path / "run" / "model.keras").exists()
+    assert any((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
+def _read_optimizer_state(path: Path) -> list[np.ndarray]:
+    with h5py.File(path, "r") as f:
+        group = f["optimizer"]["vars"]
+        return [np.asarray(group[k]) for k in sorted(group, key=int)]
+
+
+def test_resume_after_sigkill_restores_step_and_optimizer(data_root, tmp_path):
+    cfg = with_synthetic_data(
+        tiny_config(["train.steps_per_epoch=2", "train.max_iters=400"]), data_root
+    )
+    config_path = tmp_path / "cfg.yaml"
+    save_config(cfg, config_path)
+    out = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atss_tf.cli",
+            "train",
+            "--config",
+            str(config_path),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    index = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if index.exists() and json.loads(index.read_text())["step"] >= 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early with code {proc.returncode}")
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    info = json.loads(index.read_text())
+    saved = _read_optimizer_state(out / "checkpoints" / info["path"])
+    assert int(saved[0]) == info["step"]  # iterations is the optimizer's first variable
+
+    seen = {}
+
+    class CaptureRestoredState(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["state"] = [v.numpy().copy() for v in self.model.optimizer.variables]
+
+    cfg.train.max_iters = info["step"] + 2
+    model = train(
+        cfg,
+        out,
+        verbose=0,
+        callbacks=[CaptureRestoredState()],
+        on_resume=lambda i: seen.update(info=i),
+    )
+    assert seen["info"]["step"] == info["step"]
+    assert len(seen["state"]) == len(saved)
+    for restored, expected in zip(seen["state"], saved):
+        np.testing.assert_array_equal(restored, expected)
+    assert int(model.optimizer.iterations.numpy()) == info["step"] + 2
