@@ -197,6 +197,9 @@ def test_predict_cli_draws_boxes_on_the_photo(converted, official_outputs, tmp_p
     records = json.loads((out / "detections.json").read_text())
     assert len(records) == 100 and {"box_xyxy", "score", "class_name"} <= set(records[0])
     assert all(r["image"] == str(photo) for r in records)
+    from atss_tf.data.coco_names import COCO_CLASS_NAMES
+
+    assert {r["class_name"] for r in records} <= set(COCO_CLASS_NAMES)
     assert "100 detections (100 drawn)" in capsys.readouterr().out
     # The drawn picture differs from the photo drawn without boxes.
     drawn = np.asarray(Image.open(picture).convert("RGB"), dtype=np.float32)

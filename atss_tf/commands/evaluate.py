@@ -1,7 +1,12 @@
-"""``atss-tf evaluate --config C --weights W [--out DIR]``: COCO metrics on the validation set."""
+"""``atss-tf evaluate --config C --weights W [--out DIR]``: COCO metrics on the validation set.
+
+The data settings (validation annotations/images, test size, canvases) come from
+``--config``; everything about the model comes from the weights' own config.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,9 +29,12 @@ def run(args) -> int:
             "atss-tf evaluate: the config sets neither data.val_annotations nor data.val_tfrecords"
         )
     model = load_detector(args.weights, cfg)
+    # The model's own settings (normalisation, compat, post-processing) with the
+    # data settings of --config.
+    eval_cfg = dataclasses.replace(model.config, data=cfg.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = make_evaluate_fn(model, cfg, out)()
+    metrics = make_evaluate_fn(model, eval_cfg, out)()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for name, value in metrics.items():
         print(f"{name:>6}: {value:.4f}")
