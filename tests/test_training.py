@@ -41,6 +41,12 @@ def test_train_step_compiles_with_xla_and_updates_weights(data_root):
     changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     assert all(changed)
     assert int(model.optimizer.iterations.numpy()) == 2
+    # evaluate() reports the same losses; train_on_batch takes (x, y) directly.
+    scores = model.evaluate(ds.take(1), return_dict=True, verbose=0)
+    assert set(scores) >= {"loss", "cls_loss", "reg_loss", "centerness_loss"}
+    x, y = next(iter(ds))
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and int(model.optimizer.iterations.numpy()) == 3
 
 
 def test_targets_encoded_in_the_step_equal_targets_from_tf_data(data_root):

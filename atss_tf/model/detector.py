@@ -197,7 +197,7 @@ class ATSSDetector(keras.Model):
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
 
     def train_step(self, data):
-        x, y = data if isinstance(data, tuple) else (data, None)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             losses = self.compute_atss_losses(x, y, training=True)
@@ -211,7 +211,7 @@ class ATSSDetector(keras.Model):
         return self._update_trackers(losses)
 
     def test_step(self, data):
-        x, y = data if isinstance(data, tuple) else (data, None)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._update_trackers(self.compute_atss_losses(x, y, training=False))
 
     def predict_step(self, data):
@@ -225,7 +225,7 @@ class ATSSDetector(keras.Model):
         """
         from atss_tf.postprocess import postprocess
 
-        x = data[0] if isinstance(data, tuple) else data
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         images = self._images(x)
         image_sizes = None
         if isinstance(x, dict) and "image_info" in x:
