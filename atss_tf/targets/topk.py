@@ -1,0 +1,49 @@
+"""The authors' TOPK variant (``POSITIVE_TYPE: TOPK``, ATSS_SPEC §3).
+
+For each GT the ``assigner.topk`` anchors of highest ``IoU - d / d_max / 1000``
+over all levels, where ``d`` is the anchor-centre to GT-centre distance and
+``d_max`` the largest such distance over all anchors and valid GTs of the
+image; those whose centre lies inside the GT (``center_margin``) are
+positive. An anchor positive for several GTs takes the highest IoU (ties:
+lowest GT index). Ties in the top-k go to the lowest anchor index. Never
+ignores anchors.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from atss_tf import boxes as box_ops
+from atss_tf.anchors import AnchorGrid
+from atss_tf.config import Config
+from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
+
+
+def select(
+    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """TOPK positives; selector interface of :mod:`atss_tf.targets.common`."""
+    cfg = config.resolved()
+    k = min(cfg.assigner.topk, grid.num_anchors)
+    boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
+    batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
+    anchors = tf.constant(grid.boxes)
+    points = tf.constant(grid.centers)
+    overlaps = box_ops.iou(boxes[:, :, None, :], anchors[None, None])  # [B, M, A]
+    diff = points[None, None] - box_ops.centers(boxes)[:, :, None, :]
+    dist = tf.sqrt(tf.reduce_sum(tf.square(diff), axis=-1))  # [B, M, A]
+    dist_max = tf.reduce_max(tf.where(mask[..., None], dist, 0.0), axis=[1, 2], keepdims=True)
+    score = overlaps - tf.math.divide_no_nan(dist, dist_max) / 1000.0
+    _, top = tf.math.top_k(score, k)  # [B, M, k]
+    gt = boxes[:, :, None, :]
+    positive = points_inside(tf.gather(points, top), gt, cfg.assigner.center_margin)
+    positive &= mask[..., None]
+    gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(top))
+    matched = best_gt_per_anchor(
+        tf.reshape(top, [batch, -1]),
+        tf.reshape(gt_index, [batch, -1]),
+        tf.reshape(tf.gather(overlaps, top, batch_dims=2), [batch, -1]),
+        tf.reshape(positive, [batch, -1]),
+        grid.num_anchors,
+    )
+    return unbatch((matched, tf.zeros_like(matched, dtype=tf.bool)), single)
