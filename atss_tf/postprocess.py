@@ -219,7 +219,7 @@ def postprocess(
     # flattened outputs' shape unknown (Keras' predict_function).
     num_anchors = anchor_grid.num_anchors
     cls_logits = tf.ensure_shape(
-        tf.cast(outputs["cls_logits"], tf.float32), [None, num_anchors, cfg.model.num_classes]
+        tf.cast(outputs["cls_logits"], tf.float32), [None, num_anchors, None]
     )
     box_regression = tf.ensure_shape(
         tf.cast(outputs["box_regression"], tf.float32), [None, num_anchors, 4]

@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from atss_tf.commands.common import add_config_arguments
+
 
 class InputError(ValueError):
     """The boxes file or an argument is invalid; the message names it."""
@@ -42,15 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='{"boxes": [[x1, y1, x2, y2], ...], "labels": [...]} in continuous pixels',
     )
     parser.add_argument("--out", required=True, metavar="OUT.npz", help="npz file to write")
-    parser.add_argument("--config", default=None, help="YAML config file (default: built-in)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set assigner.type=fcos (repeatable)",
-    )
+    add_config_arguments(parser, config_help="YAML config file (default: built-in)")
     parser.add_argument(
         "--official-compat",
         action="store_true",

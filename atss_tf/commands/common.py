@@ -10,8 +10,11 @@ from atss_tf.config import Config, load_config
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--config", required=required, help="YAML config file")
+def add_config_arguments(
+    parser: argparse.ArgumentParser, required: bool = False, config_help: str = "YAML config file"
+) -> None:
+    """``--config FILE`` and repeatable ``--set key.sub=value`` (into ``args.overrides``)."""
+    parser.add_argument("--config", required=required, default=None, help=config_help)
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from atss_tf.commands.common import add_config_arguments
+
 FORMATS = ("official",)
 
 
@@ -16,19 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("checkpoint", help="torch.save checkpoint (read without torch)")
     parser.add_argument("output", help="model file to write, must end with .keras")
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="YAML config whose settings the checkpoint does not fix (anchors, data, "
+    add_config_arguments(
+        parser,
+        config_help="YAML config whose settings the checkpoint does not fix (anchors, data, "
         "training); architecture and normalisation always come from the checkpoint",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override applied to --config (repeatable)",
     )
     parser.add_argument(
         "--stride-in-1x1",

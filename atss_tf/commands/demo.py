@@ -14,22 +14,14 @@ import json
 import time
 from pathlib import Path
 
-from atss_tf.commands.common import shipped_config
+from atss_tf.commands.common import add_config_arguments, shipped_config
 
 DEMO_OBJECT_SIZE = (8, 200)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--config", default=None, help="default: configs/demo_shapes.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable), e.g. --set train.max_iters=300",
-    )
+    add_config_arguments(parser, config_help="default: configs/demo_shapes.yaml")
     parser.add_argument("--train-images", type=int, default=480)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument(
