@@ -7,8 +7,8 @@
    encoding, COCO-like 640x480 JPEGs (3-12 shapes of 8-300 px) onto a
    1024x1024 canvas; images per second per core.
 2. Train step of the R-50 ATSS model (80 classes, 512x512, batch 2, default
-   threads) next to the same step without GroupNorm in the head; median
-   seconds per step after warm-up.
+   threads) next to the same step without GroupNorm in the head, the two
+   stepping alternately; median seconds per step after warm-up.
 
 The table is printed and appended to benchmarks/RESULTS.md.
 """
@@ -81,17 +81,18 @@ def pipeline_images_per_second(num_images: int) -> dict:
     return {"images_per_second": batches * 8 / elapsed, "images": batches * 8}
 
 
-def train_step_seconds(use_group_norm: bool, steps: int) -> float:
+def train_step_seconds(steps: int) -> dict[bool, float]:
+    """Median seconds per R-50 train step with and without GroupNorm.
+
+    The two models step alternately, so a change of load on a shared machine
+    hits both sides of the ratio alike.
+    """
     import numpy as np
 
     from atss_tf.config import load_config
     from atss_tf.targets import TargetEncoder
     from atss_tf.trainer import build_training_model
 
-    cfg = load_config(
-        None, [f"model.head.use_group_norm={str(use_group_norm).lower()}", "data.batch_size=2"]
-    )
-    model = build_training_model(cfg)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (2, 512, 512, 3)).astype("float32")
     boxes = np.zeros((2, 100, 4), np.float32)
@@ -99,16 +100,22 @@ def train_step_seconds(use_group_norm: bool, steps: int) -> float:
     boxes[:, :10] = np.concatenate([xy, xy + rng.uniform(16, 200, (2, 10, 2))], -1)
     labels = np.zeros((2, 100), np.int32)
     labels[:, :10] = rng.integers(1, 81, (2, 10))
-    mask = labels > 0
-    targets = TargetEncoder(cfg, (512, 512)).encode_batch(boxes, labels, mask)
-    for _ in range(2):
-        model.train_on_batch(images, targets)
-    times = []
+    models, targets = {}, None
+    for gn in (True, False):
+        cfg = load_config(
+            None, [f"model.head.use_group_norm={str(gn).lower()}", "data.batch_size=2"]
+        )
+        models[gn] = build_training_model(cfg)
+        targets = TargetEncoder(cfg, (512, 512)).encode_batch(boxes, labels, labels > 0)
+        for _ in range(2):  # warm-up: tracing
+            models[gn].train_on_batch(images, targets)
+    times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(images, targets)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for gn, model in models.items():
+            start = time.perf_counter()
+            model.train_on_batch(images, targets)
+            times[gn].append(time.perf_counter() - start)
+    return {gn: statistics.median(t) for gn, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     pipe = json.loads(proc.stdout.strip().splitlines()[-1])
-    gn = train_step_seconds(True, args.steps)
-    no_gn = train_step_seconds(False, args.steps)
+    step = train_step_seconds(args.steps)
+    gn, no_gn = step[True], step[False]
     body = "\n".join(
         [
             "| measure | value |",
