@@ -19,7 +19,6 @@ COMMANDS = {
     "assign": "Show which anchors a set of boxes selects (sample selection).",
     "convert": "Convert an official ATSS (PyTorch) checkpoint to a .keras model.",
     "make-tfrecords": "Write a COCO-format dataset as sharded TFRecords.",
-    "export": "Export a SavedModel with pre- and post-processing inside.",
 }
 
 
@@ -27,20 +26,12 @@ def _module_name(command: str) -> str:
     return "atss_tf.commands." + command.replace("-", "_")
 
 
-def _available() -> dict[str, str]:
-    found = {}
-    for name, help_text in COMMANDS.items():
-        if importlib.util.find_spec(_module_name(name)) is not None:
-            found[name] = help_text
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atss-tf", description="ATSS object detection in TensorFlow / Keras."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in _available().items():
+    for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text)
     return parser
 
@@ -48,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _available():
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             parser.print_usage(sys.stderr)
             print(f"atss-tf: unknown command {argv[0]!r}", file=sys.stderr)

@@ -183,8 +183,8 @@ class TrainConfig:
     max_iters: int = 90000
     lr_steps: tuple[int, ...] = (60000, 80000)
     lr_gamma: float = 0.1
+    # Keras epoch length; a checkpoint (model + optimizer) is written at every epoch end.
     steps_per_epoch: int = 1000
-    checkpoint_every: int = 1000  # steps
     eval_every_epochs: int = 0  # 0: only at the end
     strategy: str = "default"  # default | mirrored
     mixed_precision: bool = False
