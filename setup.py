@@ -10,7 +10,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["atss_tf", "atss_tf.*"]),
-    package_data={"atss_tf": ["configs/*.yaml"]},
     install_requires=[
         "tensorflow>=2.20",
         "keras>=3.8",
