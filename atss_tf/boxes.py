@@ -237,3 +237,15 @@ def make_coder(
     if regression == "point":
         return PointCoder(anchor_scale, 0.5 if inclusive else 0.0)
     raise ValueError(f"unknown regression type {regression!r}: expected 'box' or 'point'")
+
+
+def coder_for_config(config):
+    """The coder a :class:`~atss_tf.config.Config` asks for: targets, losses and
+    post-processing all call this, so they always encode and decode alike."""
+    cfg = config.resolved()
+    return make_coder(
+        cfg.model.head.regression,
+        cfg.model.box_weights,
+        anchor_scale=cfg.model.anchors.octave_base_scale,
+        inclusive=bool(cfg.loss.inclusive_geometry),
+    )

@@ -101,12 +101,7 @@ def atss_losses(
     cfg = config.resolved()
     loss_cfg = cfg.loss
     inclusive = bool(loss_cfg.inclusive_geometry)
-    coder = box_ops.make_coder(
-        cfg.model.head.regression,
-        cfg.model.box_weights,
-        cfg.model.anchors.octave_base_scale,
-        inclusive=inclusive,
-    )
+    coder = box_ops.coder_for_config(cfg)
 
     cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
     box_regression = tf.cast(outputs["box_regression"], tf.float32)

@@ -208,12 +208,7 @@ def postprocess(
     cfg = config.resolved()
     pp = cfg.postprocess
     inclusive = bool(cfg.loss.inclusive_geometry)
-    coder = box_ops.make_coder(
-        cfg.model.head.regression,
-        cfg.model.box_weights,
-        cfg.model.anchors.octave_base_scale,
-        inclusive=inclusive,
-    )
+    coder = box_ops.coder_for_config(cfg)
     shift = tf.constant([0.0, 0.0, 1.0, 1.0])
     # The anchor count is static even where a traced batch dimension made the
     # flattened outputs' shape unknown (Keras' predict_function).

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from atss_tf.anchors import anchors_for_config
-from atss_tf.boxes import make_coder
+from atss_tf.boxes import coder_for_config
 from atss_tf.config import Config
 from atss_tf.postprocess import class_aware_nms, postprocess
 from tests.conftest import fixture_head_outputs, inclusive_to_continuous
@@ -70,12 +70,7 @@ def reference_postprocess(cls, reg, ctr, grid, config, image_size):
     """One image: ``cls`` [A, C], ``reg`` [A, 4], ``ctr`` [A] -> (boxes, scores, labels)."""
     cfg = config.resolved()
     pp = cfg.postprocess
-    coder = make_coder(
-        cfg.model.head.regression,
-        cfg.model.box_weights,
-        cfg.model.anchors.octave_base_scale,
-        cfg.loss.inclusive_geometry,
-    )
+    coder = coder_for_config(cfg)
     num_classes = cls.shape[1]
     p_all = 1.0 / (1.0 + np.exp(-cls.astype(np.float64)))
     c_all = 1.0 / (1.0 + np.exp(-ctr.astype(np.float64)))

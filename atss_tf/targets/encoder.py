@@ -67,12 +67,7 @@ class TargetEncoder:
         self.anchor_grid: AnchorGrid = anchors_for_config(self.image_size, self.config)
         cfg = self.config
         self.selector: Selector = SELECTORS[cfg.assigner.type]
-        self.coder = box_ops.make_coder(
-            cfg.model.head.regression,
-            cfg.model.box_weights,
-            anchor_scale=cfg.model.anchors.octave_base_scale,
-            inclusive=cfg.loss.inclusive_geometry,
-        )
+        self.coder = box_ops.coder_for_config(cfg)
 
         # Per-instance closures: each encoder owns its traces (and TF does not
         # mistake several encoders for one function retracing).
