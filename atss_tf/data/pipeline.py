@@ -140,23 +140,26 @@ def _records_dataset(dataset: CocoDataset) -> tf.data.Dataset:
     )
 
 
-def _load_coco_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = decode_image(tf.io.read_file(elem["path"]), elem["path"])
+def _decode_checked(
+    encoded: tf.Tensor, name: tf.Tensor, height: tf.Tensor, width: tf.Tensor
+) -> tf.Tensor:
+    """Decode an image and assert its size equals the annotated ``height``,
+    ``width`` (a size <= 0 means unknown: TFRecords may omit it); the error
+    names ``name`` (file or record)."""
+    image = decode_image(encoded, name)
     shape = tf.shape(image)
     check = tf.debugging.Assert(
-        tf.equal(shape[0], elem["height"]) & tf.equal(shape[1], elem["width"]),
-        [
-            "image file",
-            elem["path"],
-            "has height, width",
-            shape[:2],
-            "but its annotations say",
-            elem["height"],
-            elem["width"],
-        ],
+        ((height <= 0) | tf.equal(shape[0], height)) & ((width <= 0) | tf.equal(shape[1], width)),
+        ["image", name, "has height, width", shape[:2], "but its annotations say", height, width],
     )
     with tf.control_dependencies([check]):
-        image = tf.identity(image)
+        return tf.identity(image)
+
+
+def _load_coco_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    image = _decode_checked(
+        tf.io.read_file(elem["path"]), elem["path"], elem["height"], elem["width"]
+    )
     return {
         "image": image,
         "image_id": elem["image_id"],
@@ -200,23 +203,9 @@ def _tfrecord_records(
 
 
 def _load_tfrecord_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = decode_image(elem["encoded"], elem["name"])
+    image = _decode_checked(elem["encoded"], elem["name"], elem["height"], elem["width"])
     shape = tf.shape(image)
-    h, w = elem["height"], elem["width"]
-    check = tf.debugging.Assert(
-        ((h <= 0) | tf.equal(shape[0], h)) & ((w <= 0) | tf.equal(shape[1], w)),
-        [
-            "image of",
-            elem["name"],
-            "has height, width",
-            shape[:2],
-            "but image/height, image/width say",
-            h,
-            w,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        size = tf.cast(tf.stack([shape[1], shape[0], shape[1], shape[0]]), tf.float32)
+    size = tf.cast(tf.stack([shape[1], shape[0], shape[1], shape[0]]), tf.float32)
     return {
         "image": image,
         "image_id": elem["image_id"],
