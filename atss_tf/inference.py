@@ -27,7 +27,6 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
         FileNotFoundError / ValueError naming the file when it cannot be used.
     """
     import atss_tf.model  # noqa: F401  (registers the custom layers)
-    from atss_tf.model import build_detector
 
     path = Path(weights)
     if not path.exists():
@@ -37,19 +36,13 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
     if path.name.endswith(".weights.h5"):
         if config is None:
             raise ValueError(f"{path} holds weights only: pass --config with the model's config")
-        model = build_detector(config)
-        _load_weights(model, path)
+        # Training checkpoints hold optimizer variables too: load into a compiled twin.
+        from atss_tf.trainer import build_training_model
+
+        model = build_training_model(config)
+        model.load_weights(path)
         return model
     raise ValueError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
-
-
-def _load_weights(model: keras.Model, path: Path) -> None:
-    # Training checkpoints also hold optimizer variables; a compiled twin reads them.
-    from atss_tf.trainer import compile_detector
-
-    compile_detector(model, model.config)
-    model.optimizer.build(model.trainable_variables)
-    model.load_weights(path)
 
 
 def class_names(config: Config) -> list[str]:

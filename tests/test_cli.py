@@ -62,7 +62,24 @@ def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys
     assert list(metrics) == list(METRIC_NAMES)
     for name in ("predictions.png", "model.keras", "detections.json", "config.yaml"):
         assert (out / name).exists(), name
-    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
+    latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 4
+
+    # The last training checkpoint (.weights.h5 + config) is the same model as model.keras.
+    from atss_tf.config import load_config
+    from atss_tf.inference import load_detector
+
+    canvas = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
+    from_keras = load_detector(out / "model.keras")(canvas)
+    from_ckpt = load_detector(
+        out / "checkpoints" / latest["path"], load_config(out / "config.yaml")
+    )(canvas)
+    for key in from_keras:
+        np.testing.assert_allclose(
+            np.asarray(from_ckpt[key]), np.asarray(from_keras[key]), atol=1e-5
+        )
+    with pytest.raises(ValueError, match="pass --config"):
+        load_detector(out / "checkpoints" / latest["path"])
 
     # atss-tf evaluate on the demo's model: metrics equal pycocotools on its json.
     eval_dir = tmp_path / "eval"
