@@ -62,39 +62,67 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"cannot decode image {path}: {e.message.splitlines()[0]}") from None
 
 
+def padded_batch_size(count: int, batch_size: int) -> int:
+    """The batch a group of ``count`` images runs as: the next power of two,
+    at most ``batch_size``. Each canvas then compiles at most
+    ``1 + log2(batch_size)`` signatures instead of one per group size."""
+    return min(batch_size, 1 << max(count - 1, 0).bit_length())
+
+
 def detect(
-    model: keras.Model, images: Iterable[np.ndarray], config: Config | None = None
+    model: keras.Model,
+    images: Iterable[np.ndarray],
+    config: Config | None = None,
+    batch_size: int = 8,
 ) -> list[dict[str, np.ndarray]]:
-    """Run the detector on RGB images of any size.
+    """Run the detector on RGB images of any sizes and orientations.
+
+    Each image is resized by the test-time rule and padded onto its canvas;
+    images are grouped by canvas and run ``batch_size`` at a time, so every
+    canvas is compiled once (a last, smaller group is padded to a power of
+    two, see :func:`padded_batch_size`).
 
     Args:
         model: an :class:`~atss_tf.model.ATSSDetector`.
         images: ``uint8 [h, w, 3]`` RGB arrays.
         config: transform settings; default the model's own.
+        batch_size: images per model call.
 
     Returns:
-        One dict per image: ``boxes`` ``[n, 4]`` float32 xyxy in original pixels,
-        ``scores`` ``[n]``, ``classes`` ``[n]`` int32 (1..C).
+        One dict per image, in input order: ``boxes`` ``[n, 4]`` float32 xyxy
+        in original pixels, ``scores`` ``[n]``, ``classes`` ``[n]`` int32 (1..C).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cfg = config or model.config
     params = TransformConfig.from_config(cfg, training=False)
-    results = []
+    prepared = []
     for image in images:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"expected an RGB image [h, w, 3], got shape {image.shape}")
         t = transform(tf.convert_to_tensor(image), tf.zeros([0, 4]), params)
-        inputs = {"images": t["image"][None], "image_info": t["image_info"][None]}
-        det = model.predict_on_batch(inputs)
-        n = int(det["num_detections"][0])
-        boxes = boxes_to_original(det["boxes"][:, :n], inputs["image_info"]).numpy()[0]
-        results.append(
-            {
-                "boxes": boxes.astype(np.float32),
-                "scores": np.asarray(det["scores"][0, :n], np.float32),
-                "classes": np.asarray(det["classes"][0, :n], np.int32),
-            }
-        )
+        prepared.append((int(t["canvas_index"]), t["image"], t["image_info"]))
+    groups: dict[int, list[int]] = {}
+    for i, (canvas, _, _) in enumerate(prepared):
+        groups.setdefault(canvas, []).append(i)
+    results: list[dict[str, np.ndarray]] = [{} for _ in prepared]
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            rows = chunk + [chunk[0]] * (padded_batch_size(len(chunk), batch_size) - len(chunk))
+            info = tf.stack([prepared[i][2] for i in rows])
+            det = model.predict_on_batch(
+                {"images": tf.stack([prepared[i][1] for i in rows]), "image_info": info}
+            )
+            boxes = boxes_to_original(det["boxes"], info).numpy()
+            for j, i in enumerate(chunk):
+                n = int(det["num_detections"][j])
+                results[i] = {
+                    "boxes": boxes[j, :n].astype(np.float32),
+                    "scores": np.asarray(det["scores"][j, :n], np.float32),
+                    "classes": np.asarray(det["classes"][j, :n], np.int32),
+                }
     return results
 
 

@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="drawing threshold")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="images per model call, grouped by canvas"
+    )
 
 
 def _image_paths(items: list[str]) -> list[Path]:
@@ -50,23 +53,27 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in _image_paths(args.images):
-        image = read_image(path)
-        det = detect(model, [image], cfg)[0]
-        picture = out / f"{path.stem}_detections.png"
-        save_detection_grid([image], [det], names, picture, args.score_threshold, [path.name])
-        for box, score, cls in zip(det["boxes"], det["scores"], det["classes"]):
-            records.append(
-                {
-                    "image": str(path),
-                    "box_xyxy": [round(float(v), 2) for v in box],
-                    "score": round(float(score), 5),
-                    "label": int(cls),
-                    "class_name": names[int(cls) - 1],
-                }
-            )
-        shown = int((det["scores"] >= args.score_threshold).sum())
-        print(f"{path}: {len(det['scores'])} detections ({shown} drawn) -> {picture}")
+    paths = _image_paths(args.images)
+    # Images of a chunk are grouped by canvas inside detect; chunks bound memory.
+    chunk = 4 * max(args.batch_size, 1)
+    for start in range(0, len(paths), chunk):
+        group = paths[start : start + chunk]
+        images = [read_image(path) for path in group]
+        for path, image, det in zip(group, images, detect(model, images, cfg, args.batch_size)):
+            picture = out / f"{path.stem}_detections.png"
+            save_detection_grid([image], [det], names, picture, args.score_threshold, [path.name])
+            for box, score, cls in zip(det["boxes"], det["scores"], det["classes"]):
+                records.append(
+                    {
+                        "image": str(path),
+                        "box_xyxy": [round(float(v), 2) for v in box],
+                        "score": round(float(score), 5),
+                        "label": int(cls),
+                        "class_name": names[int(cls) - 1],
+                    }
+                )
+            shown = int((det["scores"] >= args.score_threshold).sum())
+            print(f"{path}: {len(det['scores'])} detections ({shown} drawn) -> {picture}")
     (out / "detections.json").write_text(json.dumps(records, indent=1))
     print(f"Wrote {out / 'detections.json'}")
     return 0

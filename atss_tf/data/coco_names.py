@@ -14,3 +14,9 @@ COCO_CLASS_NAMES = (
     "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
     "toothbrush",
 )  # fmt: skip
+
+# COCO's category id of each name above (ids 1..90 with gaps, as in instances_*.json).
+COCO_CATEGORY_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+    *range(72, 83), *range(84, 91),
+)  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,7 @@ def generate_synthetic_coco(
     object_size: tuple[int, int] | None = None,
     split: str = "train",
     jpeg_quality: int = 90,
+    categories: Sequence[tuple[int, str]] | None = None,
 ) -> SyntheticPaths:
     """Write ``out_dir/{split}/NNNNNN.jpg`` and ``out_dir/{split}.json``.
 
@@ -131,6 +133,9 @@ def generate_synthetic_coco(
         seed: everything is determined by it.
         num_classes: categories ``1..num_classes`` named after :data:`SHAPES`
             (at most ``len(SHAPES)``); each object's class is uniform.
+        categories: instead, the dataset's ``(category_id, name)`` pairs, in
+            any order and of any number (e.g. COCO's 80 ids 1..90 with gaps);
+            an object of the ``k``-th pair is drawn as shape ``k % 8``.
         objects_per_image: inclusive range of the number of shapes.
         object_size: inclusive ``(min, max)`` shape side in pixels; default
             ``(8, 0.9 * shorter side)``, capped at the image's shorter side.
@@ -140,8 +145,13 @@ def generate_synthetic_coco(
     Returns:
         :class:`SyntheticPaths` with the json path and the image folder.
     """
-    if not 1 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must lie in 1..{len(SHAPES)}, got {num_classes}")
+    if categories is None:
+        if not 1 <= num_classes <= len(SHAPES):
+            raise ValueError(f"num_classes must lie in 1..{len(SHAPES)}, got {num_classes}")
+        categories = [(k + 1, SHAPES[k]) for k in range(num_classes)]
+    categories = [(int(i), str(n)) for i, n in categories]
+    if not categories or len({i for i, _ in categories}) != len(categories):
+        raise ValueError(f"categories must be non-empty with unique ids, got {categories}")
     out_dir = os.fspath(out_dir)
     images_dir = os.path.join(out_dir, split)
     os.makedirs(images_dir, exist_ok=True)
@@ -158,10 +168,10 @@ def generate_synthetic_coco(
         sizes = np.exp(rng.uniform(math.log(lo), math.log(hi + 1), size=n)).astype(int)
         sizes = np.clip(sizes, lo, hi)
         for s in sorted(sizes.tolist(), reverse=True):
-            label = int(rng.integers(num_classes))
+            label = int(rng.integers(len(categories)))
             x0 = int(rng.integers(0, w - s + 1))
             y0 = int(rng.integers(0, h - s + 1))
-            mask = _shape_mask(SHAPES[label], s, rng)
+            mask = _shape_mask(SHAPES[label % len(SHAPES)], s, rng)
             bbox = mask.getbbox()
             if bbox is None:
                 continue
@@ -175,7 +185,7 @@ def generate_synthetic_coco(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "category_id": label + 1,
+                    "category_id": categories[label][0],
                     "bbox": [
                         float(x0 + left),
                         float(y0 + top),
@@ -193,9 +203,7 @@ def generate_synthetic_coco(
         "info": {"description": "atss-tf synthetic shapes", "seed": seed},
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": k + 1, "name": SHAPES[k], "supercategory": "shape"} for k in range(num_classes)
-        ],
+        "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in categories],
     }
     ann_path = os.path.join(out_dir, f"{split}.json")
     with open(ann_path, "w", encoding="utf-8") as f:

@@ -10,6 +10,11 @@ from keras import ops
 
 from atss_tf.anchors import AnchorGrid, anchors_for_config
 from atss_tf.config import Config, from_dict, to_dict
+from atss_tf.model.canvas_steps import (
+    CanvasStepFunction,
+    make_iterator_function,
+    make_predict_function,
+)
 from atss_tf.model.fpn import LEVELS, FeaturePyramid
 from atss_tf.model.head import ATSSHead
 from atss_tf.model.layers import ImageNormalization
@@ -162,28 +167,32 @@ class ATSSDetector(keras.Model):
 
     def _targets(self, x, y, image_size: tuple[int, int]) -> dict:
         """Dense per-anchor targets: from the data pipeline when ``y`` holds them
-        (``cls_targets``/``box_targets``), else encoded here from the padded
-        ground truth ``x["gt_boxes"|"gt_labels"|"gt_mask"]`` (targets on device)."""
+        (``cls_targets``/``box_targets``), else encoded here (targets on device)
+        from the padded ground truth ``gt_boxes``/``gt_labels``/``gt_mask`` in
+        ``y`` (``build_dataset(..., with_gt=True)``) or in ``x``."""
         if isinstance(y, dict) and "cls_targets" in y:
             return y
-        if not (isinstance(x, dict) and "gt_boxes" in x):
+        gt = next((d for d in (y, x) if isinstance(d, dict) and "gt_boxes" in d), None)
+        if gt is None:
             raise ValueError(
                 "training needs targets: y with 'cls_targets' and 'box_targets' (from "
-                "atss_tf.targets.TargetEncoder in tf.data) or x with 'gt_boxes', "
-                "'gt_labels' and 'gt_mask'"
+                "atss_tf.targets.TargetEncoder in tf.data) or 'gt_boxes', 'gt_labels' and "
+                "'gt_mask' in y or x (build_dataset(..., with_gt=True))"
             )
         if image_size not in self._encoders:
             from atss_tf.targets import TargetEncoder
 
             self._encoders[image_size] = TargetEncoder(self.config, image_size)
-        return self._encoders[image_size].encode_batch(x["gt_boxes"], x["gt_labels"], x["gt_mask"])
+        return self._encoders[image_size].encode_batch(
+            gt["gt_boxes"], gt["gt_labels"], gt["gt_mask"]
+        )
 
     def compute_atss_losses(self, x, y, training: bool) -> dict:
         """Forward pass and the three ATSS losses (official per-replica values)."""
         from atss_tf.losses import atss_losses
 
         images = self._images(x)
-        image_size = (int(images.shape[1]), int(images.shape[2]))
+        image_size = canvas_size(images)
         targets = self._targets(x, y, image_size)
         outputs = self(images, training=training)
         anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
@@ -233,8 +242,55 @@ class ATSSDetector(keras.Model):
 
             image_sizes = valid_image_size(x["image_info"])
         outputs = self(images, training=False)
-        grid = self.anchor_grid((int(images.shape[1]), int(images.shape[2])))
+        grid = self.anchor_grid(canvas_size(images))
         return postprocess(outputs, grid, self.config, image_sizes=image_sizes)
+
+    # Keras builds one graph for every batch and relaxes H and W to None once a
+    # second canvas arrives; these give each canvas its own static-shape
+    # function instead (see atss_tf.model.canvas_steps).
+    def _canvas_step(self, step, reduction: str) -> CanvasStepFunction:
+        return CanvasStepFunction(
+            step,
+            lambda: self.distribute_strategy,
+            jit_compile=bool(self.jit_compile),
+            reduction=reduction,
+            eager=bool(self.run_eagerly),
+        )
+
+    def make_train_function(self, force: bool = False):
+        if self.train_function is None or force:
+            self.train_function = make_iterator_function(
+                self._canvas_step(self.train_step, "auto"), self.steps_per_execution
+            )
+        return self.train_function
+
+    def make_test_function(self, force: bool = False):
+        if self.test_function is None or force:
+            self.test_function = make_iterator_function(
+                self._canvas_step(self.test_step, "auto"), self.steps_per_execution
+            )
+        return self.test_function
+
+    def make_predict_function(self, force: bool = False):
+        if self.predict_function is None or force:
+            self.predict_function = make_predict_function(
+                self._canvas_step(self.predict_step, "concat")
+            )
+        return self.predict_function
+
+    def step_tracing_counts(self) -> dict[str, list[int]]:
+        """Traces per compiled input signature of each Keras step function
+        (``train``/``test``/``predict``); one entry per canvas and batch size
+        seen, each 1 when nothing was retraced."""
+        functions = {
+            "train": self.train_function,
+            "test": self.test_function,
+            "predict": self.predict_function,
+        }
+        return {
+            name: fn.step.tracing_counts() if fn is not None else []
+            for name, fn in functions.items()
+        }
 
     def anchor_grid(self, image_size: tuple[int, int]) -> AnchorGrid:
         """Anchors for a canvas ``(height, width)``, in output order (cached)."""
@@ -253,6 +309,23 @@ class ATSSDetector(keras.Model):
         config = dict(config)
         cfg = from_dict(config.pop("config"))
         return cls(config=cfg, **config)
+
+
+def canvas_size(images) -> tuple[int, int]:
+    """Static ``(height, width)`` of a batch of canvases ``[B, H, W, 3]``.
+
+    Raises:
+        ValueError: H or W unknown at trace time (anchors, targets and
+            post-processing are built per canvas).
+    """
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError(
+            f"ATSSDetector needs images of a static canvas size, got shape {images.shape}: call "
+            "the model through fit/evaluate/predict (one compiled step per canvas) or a "
+            "tf.function whose input shape fixes H and W"
+        )
+    return int(height), int(width)
 
 
 def build_detector(config: Config, input_shape: Sequence[int | None] | None = None) -> ATSSDetector:

@@ -1,0 +1,150 @@
+"""Several canvases in one process: fit, evaluate, predict and detect compile each canvas once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from atss_tf.data.pipeline import build_dataset
+from atss_tf.inference import detect, padded_batch_size
+from atss_tf.targets import TargetEncoder
+from atss_tf.trainer import build_training_model
+from tests.helpers import tiny_config
+from tests.journeys import SPARSE_CATEGORIES, make_dataset
+
+# Landscape, portrait and (for the larger multi-scale size) square canvases.
+CANVASES = [(96, 128), (128, 96), (128, 128)]
+THREE_CANVASES = [
+    f"data.canvases={[list(c) for c in CANVASES]}",
+    "data.min_size=[96, 128]",
+    "data.max_size=128",
+    "data.batch_size=2",
+    # An untrained head scores about 0.01: keep its boxes so predictions can be compared.
+    "postprocess.score_threshold=0.001",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("canvases"), SPARSE_CATEGORIES, n_train=24, n_val=9)
+
+
+def _config(data, jit: bool):
+    cfg = tiny_config([*THREE_CANVASES, f"train.jit_compile={str(jit).lower()}"])
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    return cfg
+
+
+def _canvas_of(signature) -> tuple[int, int]:
+    """The (H, W) of the 4-D float image tensor in a step's input signature."""
+    shapes = [leaf[0] for leaf in signature[1] if isinstance(leaf, tuple) and len(leaf[0]) == 4]
+    return tuple(shapes[0][1:3])
+
+
+def _fit_three_canvases(cfg):
+    """Fit 12 steps (two epochs) then 6 more; every canvas compiled exactly once."""
+    model = build_training_model(cfg)
+    train = build_dataset(cfg, "train", encoder_factory=lambda size: TargetEncoder(cfg, size))
+    history = model.fit(train, steps_per_epoch=6, epochs=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    step = model.train_function.step
+    assert sorted(_canvas_of(s) for s in step.signatures) == sorted(CANVASES)
+    assert step.tracing_counts() == [1, 1, 1]
+    # Canvases keep alternating after they are compiled: no retrace, no new signature.
+    model.fit(train, steps_per_epoch=6, epochs=1, verbose=0)
+    assert step.tracing_counts() == [1, 1, 1]
+    return model
+
+
+@pytest.mark.slow
+def test_xla_fit_and_predict_compile_each_canvas_once(data):
+    model = _fit_three_canvases(_config(data, jit=True))
+    rng = np.random.default_rng(0)
+    for canvas in CANVASES * 2:
+        det = model.predict_on_batch(rng.uniform(0, 255, (2, *canvas, 3)).astype("float32"))
+        assert det["boxes"].shape == (2, 100, 4)
+    assert model.predict_function.step.tracing_counts() == [1, 1, 1]
+
+
+def test_fit_evaluate_predict_detect_compile_each_canvas_once(data):
+    cfg = _config(data, jit=False)
+    model = _fit_three_canvases(cfg)
+
+    val_with_gt = build_dataset(cfg, "val", with_gt=True)
+    metrics = model.evaluate(val_with_gt, verbose=0, return_dict=True)
+    assert set(metrics) == {"loss", "cls_loss", "reg_loss", "centerness_loss"}
+    assert np.isfinite(metrics["loss"])
+    model.evaluate(val_with_gt, verbose=0)
+    test_step = model.test_function.step
+    assert all(count == 1 for count in test_step.tracing_counts())
+    assert {_canvas_of(s) for s in test_step.signatures} <= set(CANVASES)
+
+    val = build_dataset(cfg, "val")
+    predictions = model.predict(val, verbose=0)
+    assert predictions["boxes"].shape == (9, 100, 4)
+    assert (predictions["num_detections"] > 0).all()
+    seen = len(model.predict_function.step.signatures)
+
+    # predict_on_batch on canvases in turn, then detect on raw photos of each
+    # orientation: the compiled signatures are reused.
+    rng = np.random.default_rng(0)
+    for canvas in CANVASES * 2:
+        model.predict_on_batch(rng.uniform(0, 255, (2, *canvas, 3)).astype("float32"))
+    photos = [
+        rng.integers(0, 256, size, dtype=np.uint8)
+        for size in ((72, 120, 3), (130, 70, 3), (100, 100, 3), (64, 150, 3))
+    ]
+    first = detect(model, photos, batch_size=2)
+    again = detect(model, photos[::-1], batch_size=2)[::-1]
+    counts = model.predict_function.step.tracing_counts()
+    assert all(count == 1 for count in counts)
+    assert len(counts) <= seen + 2 * len(CANVASES)  # batch 1 and 2 per canvas at most
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["classes"], b["classes"])
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    for photo, det in zip(photos, first):
+        assert len(det["scores"]) > 0
+        h, w = photo.shape[:2]
+        assert (det["boxes"][:, [0, 2]] <= w + 1e-3).all()
+        assert (det["boxes"][:, [1, 3]] <= h + 1e-3).all()
+
+
+def test_detect_equals_predict_on_the_prepared_canvas(data):
+    """A batch of mixed orientations through ``detect`` gives, per image, what
+    ``predict_on_batch`` gives for that image alone on its canvas."""
+    from atss_tf.data.transforms import TransformConfig, boxes_to_original, transform
+
+    cfg = _config(data, jit=False)
+    model = build_training_model(cfg)
+    rng = np.random.default_rng(1)
+    photos = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((70, 110, 3), (120, 66, 3))]
+    params = TransformConfig.from_config(cfg, training=False)
+    got = detect(model, photos, batch_size=4)
+    for photo, det in zip(photos, got):
+        t = transform(photo, np.zeros((0, 4), np.float32), params)
+        alone = model.predict_on_batch(
+            {"images": t["image"][None], "image_info": t["image_info"][None]}
+        )
+        n = int(alone["num_detections"][0])
+        boxes = boxes_to_original(alone["boxes"][:, :n], t["image_info"][None]).numpy()[0]
+        np.testing.assert_array_equal(det["classes"], alone["classes"][0, :n])
+        np.testing.assert_allclose(det["scores"], alone["scores"][0, :n], atol=1e-5)
+        np.testing.assert_allclose(det["boxes"], boxes, atol=1e-3)
+
+
+def test_padded_batch_sizes_are_powers_of_two_up_to_the_batch():
+    assert [padded_batch_size(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [padded_batch_size(n, 6) for n in (1, 3, 5, 6)] == [1, 4, 6, 6]
+
+
+def test_a_step_traced_without_a_static_canvas_is_a_clear_error(data):
+    import tensorflow as tf
+
+    model = build_training_model(_config(data, jit=False))
+    fn = tf.function(
+        model.predict_step, input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)]
+    )
+    with pytest.raises(ValueError, match="static canvas size"):
+        fn.get_concrete_function()
