@@ -14,11 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "official_atss_r50"
 
 
-def _load_fixture(name: str):
+def fixture_path(name: str) -> Path:
+    """A file of the official fixtures folder (the test skips, naming it, if absent)."""
     path = FIXTURES / name
     if not path.exists():
         pytest.skip(f"official fixture {path} is absent (expected ../shared beside the repo)")
-    return np.load(path, allow_pickle=True)
+    return path
+
+
+def _load_fixture(name: str):
+    return np.load(fixture_path(name), allow_pickle=True)
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +38,22 @@ def official_assignments():
     return _load_fixture("official_assignments.npz")
 
 
+# The same weights in torch's two on-disk formats: zip (PyTorch >= 1.6) and the
+# legacy stream the authors' 2019 model zoo was written in.
+OFFICIAL_CHECKPOINTS = {
+    "zip": "official_random_fp16.pth",
+    "legacy": "official_legacy_format.pth",
+}
+
+
 @pytest.fixture(scope="session")
 def official_checkpoint() -> Path:
-    path = FIXTURES / "official_random_fp16.pth"
-    if not path.exists():
-        pytest.skip(f"official fixture {path} is absent (expected ../shared beside the repo)")
-    return path
+    return fixture_path(OFFICIAL_CHECKPOINTS["zip"])
+
+
+@pytest.fixture(scope="session")
+def official_legacy_checkpoint() -> Path:
+    return fixture_path(OFFICIAL_CHECKPOINTS["legacy"])
 
 
 def inclusive_to_continuous(boxes: np.ndarray) -> np.ndarray:

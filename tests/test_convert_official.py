@@ -13,7 +13,7 @@ import pytest
 
 from atss_tf import cli
 from atss_tf.model import LEVELS, ATSSDetector
-from tests.conftest import inclusive_to_continuous
+from tests.conftest import OFFICIAL_CHECKPOINTS, fixture_path, inclusive_to_continuous
 
 TOLERANCE = 1e-4  # norm(diff) / norm(ref) per tensor (fixture README)
 
@@ -22,13 +22,15 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got.astype("float64") - want) / np.linalg.norm(want))
 
 
-@pytest.fixture(scope="module")
-def converted(official_checkpoint, official_outputs, tmp_path_factory):
-    """Convert once through ``atss-tf convert official``, reload, run the photo."""
+@pytest.fixture(scope="module", params=sorted(OFFICIAL_CHECKPOINTS))
+def converted(request, official_outputs, tmp_path_factory):
+    """Convert each official format once through ``atss-tf convert official``,
+    reload, run the photo: every test below runs for the zip and the legacy file."""
+    checkpoint = fixture_path(OFFICIAL_CHECKPOINTS[request.param])
     out = tmp_path_factory.mktemp("convert") / "atss_r50.keras"
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        rc = cli.main(["convert", "official", str(official_checkpoint), str(out)])
+        rc = cli.main(["convert", "official", str(checkpoint), str(out)])
     assert rc == 0, buffer.getvalue()
     model = keras.saving.load_model(out)
     image = official_outputs["input_rgb_uint8"].astype("float32")[None]
@@ -106,7 +108,7 @@ def test_cli_reports_bad_inputs(tmp_path, capsys, official_checkpoint):
     text_file = tmp_path / "notes.pth"
     text_file.write_text("not a checkpoint")
     assert cli.main(["convert", "official", str(text_file), out]) == 1
-    assert "is not a zip archive" in capsys.readouterr().err
+    assert "is not a torch.save checkpoint" in capsys.readouterr().err
 
     assert cli.main(["convert", "official", str(official_checkpoint), str(tmp_path / "m.h5")]) == 1
     assert "must end with .keras" in capsys.readouterr().err

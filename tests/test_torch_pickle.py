@@ -30,9 +30,13 @@ from atss_tf.convert import (
 # --------------------------------------------------------------------------- #
 
 _STORAGE_NAMES = {
+    np.dtype("float64"): "DoubleStorage",
     np.dtype("float32"): "FloatStorage",
     np.dtype("float16"): "HalfStorage",
     np.dtype("int64"): "LongStorage",
+    np.dtype("int32"): "IntStorage",
+    np.dtype("uint8"): "ByteStorage",
+    np.dtype("bool"): "BoolStorage",
 }
 
 
@@ -57,10 +61,19 @@ def _fake_torch_modules() -> dict[str, types.ModuleType]:
 
 
 class Storage:
-    """One storage: flat array written as ``data/<key>``."""
+    """One storage: flat array written as ``data/<key>``; ``declared`` makes the
+    file claim another element count (a corrupt or hostile file)."""
 
-    def __init__(self, key: str, flat: np.ndarray):
+    def __init__(self, key: str, flat: np.ndarray, declared: int | None = None):
         self.key, self.flat = key, flat
+        self.numel = flat.size if declared is None else declared
+
+
+class StorageView:
+    """A legacy storage view (PyTorch < 1.0): ``size`` elements of ``root`` from ``offset``."""
+
+    def __init__(self, root: Storage, key: str, offset: int, size: int):
+        self.root, self.key, self.offset, self.size = root, key, offset, size
 
 
 class Tensor:
@@ -88,19 +101,13 @@ def contiguous(key: str, array: np.ndarray) -> Tensor:
     return Tensor(Storage(key, array.reshape(-1)), 0, array.shape, strides)
 
 
-def write_checkpoint(path, obj, byteorder: str = "little", protocol: int = 2, prefix="archive"):
-    """Pickle ``obj`` (Tensor / Storage stand-ins inside) like torch.save does."""
-    storages: dict[str, Storage] = {}
+def _pickle_with_fake_torch(obj, persistent_id, protocol: int) -> bytes:
+    """Pickle ``obj`` under torch's names, storages replaced by ``persistent_id``."""
+    import io
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, o):
-            if isinstance(o, Storage):
-                storages[o.key] = o
-                cls = getattr(sys.modules["torch"], _STORAGE_NAMES[o.flat.dtype])
-                return ("storage", cls, o.key, "cpu", o.flat.size)
-            return None
-
-    import io
+            return persistent_id(o)
 
     buf = io.BytesIO()
     saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
@@ -113,9 +120,27 @@ def write_checkpoint(path, obj, byteorder: str = "little", protocol: int = 2, pr
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+    return buf.getvalue()
+
+
+def _storage_class(flat: np.ndarray):
+    return getattr(sys.modules["torch"], _STORAGE_NAMES[flat.dtype])
+
+
+def write_checkpoint(path, obj, byteorder: str = "little", protocol: int = 2, prefix="archive"):
+    """Pickle ``obj`` (Tensor / Storage stand-ins inside) like torch.save does."""
+    storages: dict[str, Storage] = {}
+
+    def persistent_id(o):
+        if isinstance(o, Storage):
+            storages[o.key] = o
+            return ("storage", _storage_class(o.flat), o.key, "cpu", o.numel)
+        return None
+
+    data = _pickle_with_fake_torch(obj, persistent_id, protocol)
     order = "<" if byteorder == "little" else ">"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{prefix}/data.pkl", buf.getvalue())
+        z.writestr(f"{prefix}/data.pkl", data)
         z.writestr(f"{prefix}/byteorder", byteorder)
         for key, s in storages.items():
             z.writestr(
@@ -123,6 +148,47 @@ def write_checkpoint(path, obj, byteorder: str = "little", protocol: int = 2, pr
             )
         z.writestr(f"{prefix}/version", "3\n")
     return path
+
+
+def write_legacy_checkpoint(path, obj, little_endian: bool = True, protocol: int = 2):
+    """``torch.save(obj, path, _use_new_zipfile_serialization=False)``: magic number,
+    protocol 1001, sys_info, the object pickle, the sorted storage keys, then each
+    storage as an int64 count and its little-endian bytes (torch writes them so
+    on any machine; ``little_endian`` only sets the sys_info flag)."""
+    import struct
+
+    storages: dict[str, Storage] = {}
+
+    def persistent_id(o):
+        if isinstance(o, StorageView):
+            storages[o.root.key] = o.root
+            view = (o.key, o.offset, o.size)
+            return ("storage", _storage_class(o.root.flat), o.root.key, "cpu", o.root.numel, view)
+        if isinstance(o, Storage):
+            storages[o.key] = o
+            return ("storage", _storage_class(o.flat), o.key, "cpu", o.numel, None)
+        return None
+
+    body = _pickle_with_fake_torch(obj, persistent_id, protocol)
+    sys_info = {
+        "protocol_version": 1001,
+        "little_endian": little_endian,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, sys_info):
+            f.write(pickle.dumps(header, protocol=2))
+        f.write(body)
+        keys = sorted(storages)
+        f.write(pickle.dumps(keys, protocol=2))
+        for key in keys:
+            flat = storages[key].flat
+            f.write(struct.pack("<q", storages[key].numel))
+            f.write(flat.astype(flat.dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+WRITERS = {"zip": write_checkpoint, "legacy": write_legacy_checkpoint}
 
 
 # --------------------------------------------------------------------------- #
@@ -138,17 +204,30 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
 @pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL (pre-scan) and STACK_GLOBAL (find_class)
-def test_code_running_pickle_is_refused_before_it_runs(tmp_path, protocol):
+def test_code_running_pickle_is_refused_before_it_runs(tmp_path, protocol, fmt):
     marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
     state = collections.OrderedDict(
         [("weight", contiguous("0", np.ones(3, "float32"))), ("x", _Evil(str(marker)))]
     )
-    path = write_checkpoint(tmp_path / "evil.pth", {"model": state}, protocol=protocol)
+    path = WRITERS[fmt](tmp_path / "evil.pth", {"model": state}, protocol=protocol)
     with pytest.raises(UnsafeCheckpointError) as info:
         load_checkpoint(path)
     assert f"{os.system.__module__}.system" in info.value.refused
     assert "system" in str(info.value) and str(path) in str(info.value)
+    assert not marker.exists()
+    with pytest.raises(UnsafeCheckpointError):
+        load_state_dict(path)
+    assert not marker.exists()
+
+
+def test_code_in_a_legacy_header_pickle_is_refused(tmp_path):
+    marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
+    path = tmp_path / "evil_header.pth"
+    path.write_bytes(pickle.dumps(_Evil(str(marker)), protocol=2))  # where the magic number goes
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_checkpoint(path)
     assert not marker.exists()
 
 
@@ -185,7 +264,52 @@ def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder)
     path = write_checkpoint(
         tmp_path / "ok.pth", {"model": state, "iteration": 5}, byteorder=byteorder
     )
+    _check_round_trip(path, state, shared, half)
 
+
+@pytest.mark.parametrize("little_endian", [True, False])
+def test_legacy_tensors_round_trip_with_views_dtypes_and_extra_entries(tmp_path, little_endian):
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=40).astype("float32")
+    s = Storage("7", shared)
+    half = rng.normal(size=(2, 3, 4)).astype("float16")
+    state = collections.OrderedDict()
+    state["conv.weight"] = contiguous("0", rng.normal(size=(4, 3, 3, 3)).astype("float32"))
+    state["view.offset"] = Tensor(s, 5, (3, 4), (4, 1))
+    state["view.transposed"] = Tensor(s, 1, (4, 3), (1, 4))
+    state["half"] = contiguous("1", half)
+    state["param"] = Tensor(
+        Storage("2", np.arange(6, dtype="float32")), 2, (2, 2), (2, 1), parameter=True
+    )
+    state["steps"] = contiguous("3", np.array(7, dtype="int64").reshape(()))
+    state._metadata = {"": {"version": 1}}
+    dtypes = {}
+    for i, dtype in enumerate(("float64", "int32", "uint8", "bool")):
+        values = (rng.normal(size=5) * 50).astype(dtype)
+        dtypes[dtype] = values
+        state[f"extra.{dtype}"] = contiguous(f"d{i}", values)
+    # A PyTorch < 1.0 storage view: elements 10..19 of storage "8", read from 2.
+    root = Storage("8", np.arange(30, dtype="float32"))
+    state["old_view"] = Tensor(StorageView(root, "8v", 10, 10), 2, (2, 3), (3, 1))
+    optimizer = {
+        "state": {0: {"momentum_buffer": contiguous("m0", np.ones(4, "float32"))}},
+        "param_groups": [{"lr": 0.01, "momentum": 0.9, "nesterov": False, "params": [0]}],
+    }
+    scheduler = {"milestones": (60000, 80000), "gamma": 0.1, "warmup_method": "constant"}
+    obj = {"model": state, "optimizer": optimizer, "scheduler": scheduler, "iteration": 5}
+    path = write_legacy_checkpoint(tmp_path / "old.pth", obj, little_endian=little_endian)
+    _check_round_trip(path, state, shared, half)
+    got = load_state_dict(path)
+    for dtype, values in dtypes.items():
+        assert got[f"extra.{dtype}"].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got[f"extra.{dtype}"], values)
+    np.testing.assert_array_equal(got["old_view"], [[12, 13, 14], [15, 16, 17]])
+    full = load_checkpoint(path)
+    assert full["scheduler"] == scheduler and full["iteration"] == 5
+    np.testing.assert_array_equal(full["optimizer"]["state"][0]["momentum_buffer"], np.ones(4))
+
+
+def _check_round_trip(path, state, shared, half):
     obj = load_checkpoint(path)
     assert obj["iteration"] == 5
     assert isinstance(obj["model"], collections.OrderedDict)
@@ -203,10 +327,14 @@ def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder)
 def test_corrupt_archives_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pth")
-    legacy = tmp_path / "legacy.pth"
-    legacy.write_bytes(pickle.dumps({"model": {}}))
-    with pytest.raises(CheckpointError, match="not a zip archive"):
-        load_checkpoint(legacy)
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"model": {}}))
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        load_checkpoint(plain)
+    text = tmp_path / "text.pth"
+    text.write_text("<html>404 Not Found</html>")
+    with pytest.raises(CheckpointError, match="not a torch.save checkpoint"):
+        load_checkpoint(text)
     # A view that reads past the end of its storage.
     bad = write_checkpoint(
         tmp_path / "bad.pth", {"w": Tensor(Storage("0", np.zeros(4, "float32")), 2, (3,), (1,))}
@@ -222,6 +350,115 @@ def test_corrupt_archives_are_reported(tmp_path):
                 dst.writestr(name, src.read(name))
     with pytest.raises(CheckpointError, match="missing from the archive"):
         load_checkpoint(stripped)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak Python/NumPy allocation while ``fn`` runs (NumPy reports to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    except CheckpointError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_declared_sizes_are_checked_before_allocating(tmp_path, fmt):
+    tiny = Storage("0", np.zeros(4, "float32"))
+    # Zero strides: 4 stored floats declared as a 100000 x 100000 tensor (40 GB).
+    bomb = WRITERS[fmt](
+        tmp_path / "zero_strides.pth", {"w": Tensor(tiny, 0, (10**5, 10**5), (0, 0))}
+    )
+    assert bomb.stat().st_size < 2000
+    with pytest.raises(CheckpointError, match="larger than its storage"):
+        load_checkpoint(bomb)
+    assert _peak_bytes(lambda: load_checkpoint(bomb)) < 10 * 2**20
+
+    # A storage that declares 10**10 elements (40 GB) whose bytes are not in the file.
+    lying = Storage("0", np.zeros(4, "float32"), declared=10**10)
+    path = WRITERS[fmt](tmp_path / "lying.pth", {"w": Tensor(lying, 0, (10**5, 10**5), (10**5, 1))})
+    assert path.stat().st_size < 2000
+    match = "truncated" if fmt == "legacy" else "holds 16 bytes"
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+    assert _peak_bytes(lambda: load_checkpoint(path)) < 10 * 2**20
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error)
+    assert "\n" not in text
+    return text
+
+
+def test_truncated_and_corrupt_downloads_name_the_file(tmp_path, official_legacy_checkpoint):
+    from atss_tf import cli
+
+    data = official_legacy_checkpoint.read_bytes()
+    # Cut inside the object pickle, inside the key list, inside the storage bytes.
+    for cut in (30_000, 50_000, 1_000_000):
+        part = tmp_path / f"cut_{cut}.pth"
+        part.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError) as info:
+            load_state_dict(part)
+        text = _one_line(info.value)
+        assert str(part) in text and "truncated" in text, text
+
+    zipped = write_checkpoint(
+        tmp_path / "z.pth", {"w": contiguous("0", np.arange(64, dtype="float32"))}
+    )
+    raw = zipped.read_bytes()
+    half = tmp_path / "half.pth"
+    half.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(half)
+    text = _one_line(info.value)
+    assert str(half) in text and "corrupt or truncated" in text, text
+
+    flipped = bytearray(raw)
+    at = raw.index(np.arange(64, dtype="float32").tobytes()) + 100
+    flipped[at] ^= 0xFF
+    bad_crc = tmp_path / "bad_crc.pth"
+    bad_crc.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(bad_crc)
+    text = _one_line(info.value)
+    assert str(bad_crc) in text and "corrupt" in text and "CRC" in text, text
+
+    # Through the CLI: one line on stderr, exit 1, no traceback.
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli.main(
+            ["convert", "official", str(tmp_path / "cut_1000000.pth"), str(tmp_path / "o.keras")]
+        )
+    assert rc == 1
+    lines = err.getvalue().strip().splitlines()
+    assert len(lines) == 1 and "truncated" in lines[0] and "Traceback" not in err.getvalue()
+
+
+def test_legacy_fixture_holds_exactly_the_zip_fixture(
+    official_checkpoint, official_legacy_checkpoint
+):
+    want = load_state_dict(official_checkpoint)
+    got = load_state_dict(official_legacy_checkpoint)
+    assert list(got) == list(want) and len(got) == 324
+    for key in want:
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # The trainer's other entries (maskrcnn-benchmark's Checkpointer) are plain data.
+    full = load_checkpoint(official_legacy_checkpoint)
+    assert set(full) == {"model", "optimizer", "scheduler", "iteration"}
+    assert full["iteration"] == 90000
+    assert full["scheduler"]["milestones"] == (60000, 80000)
+    buffers = [v["momentum_buffer"] for v in full["optimizer"]["state"].values()]
+    assert len(buffers) == 6 and all(b.dtype == np.float32 for b in buffers)
 
 
 # --------------------------------------------------------------------------- #
