@@ -31,3 +31,31 @@ def test_two_replicas_equal_one_device(tmp_path):
     # The update is lr * gradient with lr = 1: gradients agree to 1e-5 of their scale.
     assert r["max_grad"] > 1e-3
     assert r["max_grad_diff"] <= 1e-5 * max(1.0, r["max_grad"])
+
+
+@pytest.mark.slow
+def test_three_canvases_under_mirrored_equal_one_device(tmp_path):
+    """fit / evaluate / predict with several canvases under MirroredStrategy: each
+    canvas compiled once, and the same weights, losses and detections as one device."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "mirrored_canvases_script.py"), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["replicas"] == 2
+    assert len(r["canvases"]) == 3, r["canvases"]
+    assert r["single_train_traces"] == r["mirrored_train_traces"] == [1, 1, 1]
+    assert r["max_weight_diff"] <= 1e-5 * max(1.0, r["weight_scale"])
+    one, two = r["eval_loss"]
+    assert two == pytest.approx(one, rel=1e-5)
+    assert all(c == 1 for c in r["mirrored_test_traces"])
+    assert r["num_detections"][0] == r["num_detections"][1] and min(r["num_detections"][0]) > 0
+    # Six updates in another float order: weights differ by ~1e-5, detections by less than this.
+    assert r["max_box_diff"] < 0.01 and r["max_score_diff"] < 1e-4
+    assert all(c == 1 for c in r["mirrored_predict_traces"])

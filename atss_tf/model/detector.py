@@ -278,6 +278,17 @@ class ATSSDetector(keras.Model):
             )
         return self.predict_function
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras averages a first batch over the
+        # replicas to build an unbuilt model, which fails on boolean inputs
+        # (gt_mask). The detector is built when constructed; only an optimizer
+        # compiled later may still need its variables.
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def step_tracing_counts(self) -> dict[str, list[int]]:
         """Traces per compiled input signature of each Keras step function
         (``train``/``test``/``predict``); one entry per canvas and batch size
