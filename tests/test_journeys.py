@@ -1,0 +1,198 @@
+"""The journeys users take, through the CLI, on the shipped configs and data shaped like theirs.
+
+Every config in ``configs/`` runs the README's ``train -> evaluate -> predict``
+commands on COCO-format data of mixed orientations and sizes with
+non-contiguous category ids (COCO's own 80 ids for the COCO configs), keeping
+its canvases, multi-scale sizes and assigner; only data paths, image sizes,
+batch size and step counts change (``journeys.shrink_overrides``). The README's
+commands are read from the README itself, so it cannot drift from what works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from atss_tf import cli
+from atss_tf.data.coco_names import COCO_CATEGORY_IDS
+from atss_tf.evaluation import METRIC_NAMES
+from tests.conftest import OFFICIAL_CHECKPOINTS, fixture_path
+from tests.journeys import (
+    COCO_CATEGORIES,
+    CONFIGS,
+    ROOT,
+    SPARSE_CATEGORIES,
+    make_dataset,
+    readme_commands,
+    shrink_overrides,
+)
+
+pytestmark = pytest.mark.slow
+
+MAIN_CONFIG = "configs/atss_r50_fpn_1x_coco.yaml"
+
+
+@pytest.fixture(scope="module")
+def coco80(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("coco80"), COCO_CATEGORIES)
+
+
+@pytest.fixture(scope="module")
+def sparse3(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("sparse3"), SPARSE_CATEGORIES)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_session():
+    yield
+    keras.backend.clear_session()
+
+
+def _data_for(config: str, coco80, sparse3) -> dict[str, str]:
+    from atss_tf.config import load_config
+
+    return coco80 if load_config(ROOT / config).model.num_classes == 80 else sparse3
+
+
+def _with_overrides(argv: list[str], data: dict[str, str]) -> list[str]:
+    """Append the journey overrides to a README command that reads a config."""
+    if "--config" not in argv:
+        return argv
+    config = argv[argv.index("--config") + 1]
+    return argv + [w for o in shrink_overrides(config, data) for w in ("--set", o)]
+
+
+def _atss_tf(argv: list[str], cwd: Path) -> str:
+    """Run the installed ``atss-tf`` console script as a user does; return stdout."""
+    exe = Path(sys.executable).parent / "atss-tf"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "atss_tf.cli"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        command + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (
+        f"atss-tf {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
+    return proc.stdout
+
+
+def _in_a_user_folder(tmp_path: Path, data: dict[str, str]) -> Path:
+    """A working folder as the README assumes: configs/ beside it, a photo folder."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    shutil.copytree(data["val_images"], tmp_path / "my_photos")
+    return tmp_path
+
+
+def _check_evaluation(out: Path, annotations: str) -> dict:
+    """metrics.json holds the 12 COCO numbers pycocotools gives on detections.json,
+    whose category ids are the dataset's own."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == list(METRIC_NAMES)
+    detections = json.loads((out / "detections.json").read_text())
+    gt = COCO(annotations)
+    assert {d["category_id"] for d in detections} <= set(gt.getCatIds())
+    if detections:
+        ev = COCOeval(gt, gt.loadRes(str(out / "detections.json")), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        np.testing.assert_allclose(list(metrics.values()), ev.stats, atol=1e-12)
+    return {"metrics": metrics, "detections": detections}
+
+
+def _check_pictures(out: Path, images: Path) -> None:
+    names = sorted(p.stem for p in images.iterdir())
+    assert sorted(p.stem.replace("_detections", "") for p in out.glob("*.png")) == names
+    records = json.loads((out / "detections.json").read_text())
+    assert {Path(r["image"]).stem for r in records} <= set(names)
+
+
+def test_readme_training_on_coco(coco80, tmp_path):
+    """The README's commands, verbatim, through the console script, on the R-50 config
+    with its four canvases."""
+    commands = readme_commands("Training on COCO")
+    assert [c[0] for c in commands[:3]] == ["train", "evaluate", "predict"]
+    work = _in_a_user_folder(tmp_path, coco80)
+    for argv in commands:
+        printed = _atss_tf(_with_overrides(argv, coco80), work)
+        out = work / argv[argv.index("--out") + 1]
+        if argv[0] == "train":
+            assert (out / "model.keras").exists() and (out / "config.yaml").exists()
+            assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+            _check_evaluation(out, coco80["val_annotations"])  # the end-of-training evaluation
+        elif argv[0] == "evaluate":
+            _check_evaluation(out, coco80["val_annotations"])
+            assert "AP50" in printed
+        elif argv[0] == "predict":
+            _check_pictures(out, work / "my_photos")
+    # The --set example of the README changed what it says it changes.
+    from atss_tf.config import load_config
+
+    saved = load_config(work / "runs" / "k15" / "config.yaml")
+    assert saved.assigner.topk == 15
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c != MAIN_CONFIG])
+def test_every_shipped_config_trains_evaluates_and_predicts(
+    config, coco80, sparse3, tmp_path, monkeypatch
+):
+    """The README's train / evaluate / predict commands with each other config
+    (in this process: the console script is covered above)."""
+    data = _data_for(config, coco80, sparse3)
+    work = _in_a_user_folder(tmp_path, data)
+    monkeypatch.chdir(work)
+    for argv in readme_commands("Training on COCO")[:3]:
+        argv = [config if a == MAIN_CONFIG else a for a in argv]
+        assert cli.main(_with_overrides(argv, data)) == 0, argv
+    run = work / "runs" / "r50_1x"
+    from atss_tf.config import load_config
+
+    saved = load_config(run / "config.yaml")
+    shipped = load_config(ROOT / config)
+    # The config's own structure survived the overrides.
+    assert len(saved.data.canvases) == len(shipped.data.canvases)
+    assert len(saved.data.min_size) == len(shipped.data.min_size)
+    assert saved.assigner == shipped.assigner and saved.model.head == shipped.model.head
+    assert saved.model.anchors == shipped.model.anchors
+    _check_evaluation(run / "eval", data["val_annotations"])
+    _check_pictures(run / "pictures", work / "my_photos")
+
+
+@pytest.mark.parametrize("fmt", sorted(OFFICIAL_CHECKPOINTS))
+def test_readme_official_pretrained_models(fmt, coco80, official_outputs, tmp_path):
+    """Convert the authors' checkpoint (zip or legacy format) with the README's
+    commands, predict on a photo, evaluate on data with COCO's 80 category ids."""
+    from PIL import Image
+
+    commands = readme_commands("Use the official pretrained models")
+    assert [c[0] for c in commands] == ["convert", "predict", "evaluate"]
+    work = _in_a_user_folder(tmp_path, coco80)
+    checkpoint = commands[0][2]
+    (work / checkpoint).symlink_to(fixture_path(OFFICIAL_CHECKPOINTS[fmt]))
+    photo = next(a for a in commands[1] if a.endswith((".jpg", ".png")))
+    Image.fromarray(official_outputs["input_rgb_uint8"]).save(work / photo, quality=95)
+
+    for argv in commands:
+        printed = _atss_tf(_with_overrides(argv, coco80), work)
+        if argv[0] == "convert":
+            assert "tensors mapped: 324" in printed
+        elif argv[0] == "predict":
+            out = work / argv[argv.index("--out") + 1]
+            records = json.loads((out / "detections.json").read_text())
+            assert len(records) == 100  # the official post-processing keeps 100
+            assert (out / f"{Path(photo).stem}_detections.png").exists()
+        else:
+            out = work / argv[argv.index("--out") + 1]
+            result = _check_evaluation(out, coco80["val_annotations"])
+            ids = {d["category_id"] for d in result["detections"]}
+            # Labels 1..80 became COCO ids: none of the ids COCO skips appears.
+            assert ids and ids <= set(COCO_CATEGORY_IDS)
+            assert not ids & (set(range(1, 91)) - set(COCO_CATEGORY_IDS))
