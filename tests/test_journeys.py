@@ -150,8 +150,12 @@ def test_every_shipped_config_trains_evaluates_and_predicts(
     work = _in_a_user_folder(tmp_path, data)
     monkeypatch.chdir(work)
     for argv in readme_commands("Training on COCO")[:3]:
-        argv = [config if a == MAIN_CONFIG else a for a in argv]
-        assert cli.main(_with_overrides(argv, data)) == 0, argv
+        argv = _with_overrides([config if a == MAIN_CONFIG else a for a in argv], data)
+        if argv[0] == "train":
+            # The next command evaluates; the end-of-training evaluation is
+            # covered by the README journey above.
+            argv += ["--set", "data.val_annotations=null", "--set", "data.val_images=null"]
+        assert cli.main(argv) == 0, argv
     run = work / "runs" / "r50_1x"
     from atss_tf.config import load_config
 

@@ -11,10 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_replicas_equal_one_device(tmp_path):
+def _run_script(name: str, tmp_path) -> dict:
+    """Run ``tests/<name>`` in a fresh process (2 logical CPUs need a new TF); its json line."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "mirrored_fit_script.py"), str(tmp_path)],
+        [sys.executable, str(ROOT / "tests" / name), str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -22,7 +23,11 @@ def test_two_replicas_equal_one_device(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_replicas_equal_one_device(tmp_path):
+    r = _run_script("mirrored_fit_script.py", tmp_path)
     assert r["replicas"] == 2
     assert min(r["per_image_positives"]) > 0, "both replicas should see positives"
     for key in ("loss", "cls_loss", "reg_loss", "centerness_loss"):
@@ -37,17 +42,7 @@ def test_two_replicas_equal_one_device(tmp_path):
 def test_three_canvases_under_mirrored_equal_one_device(tmp_path):
     """fit / evaluate / predict with several canvases under MirroredStrategy: each
     canvas compiled once, and the same weights, losses and detections as one device."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "mirrored_canvases_script.py"), str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run_script("mirrored_canvases_script.py", tmp_path)
     assert r["replicas"] == 2
     assert len(r["canvases"]) == 3, r["canvases"]
     assert r["single_train_traces"] == r["mirrored_train_traces"] == [1, 1, 1]

@@ -245,9 +245,9 @@ def test_torch_names_outside_the_allow_list_are_refused(tmp_path):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("byteorder", ["little", "big"])
-def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder):
-    rng = np.random.default_rng(0)
+def _mixed_state(rng) -> tuple[collections.OrderedDict, np.ndarray, np.ndarray]:
+    """A state dict of views sharing a storage, a transposed view, float16, a
+    parameter and a scalar; returns it with the shared and float16 arrays."""
     shared = rng.normal(size=40).astype("float32")
     s = Storage("7", shared)
     half = rng.normal(size=(2, 3, 4)).astype("float16")
@@ -261,6 +261,12 @@ def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder)
     )
     state["steps"] = contiguous("3", np.array(7, dtype="int64").reshape(()))
     state._metadata = {"": {"version": 1}}  # what nn.Module.state_dict attaches
+    return state, shared, half
+
+
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder):
+    state, shared, half = _mixed_state(np.random.default_rng(0))
     path = write_checkpoint(
         tmp_path / "ok.pth", {"model": state, "iteration": 5}, byteorder=byteorder
     )
@@ -270,19 +276,7 @@ def test_tensors_round_trip_with_offsets_strides_and_dtypes(tmp_path, byteorder)
 @pytest.mark.parametrize("little_endian", [True, False])
 def test_legacy_tensors_round_trip_with_views_dtypes_and_extra_entries(tmp_path, little_endian):
     rng = np.random.default_rng(0)
-    shared = rng.normal(size=40).astype("float32")
-    s = Storage("7", shared)
-    half = rng.normal(size=(2, 3, 4)).astype("float16")
-    state = collections.OrderedDict()
-    state["conv.weight"] = contiguous("0", rng.normal(size=(4, 3, 3, 3)).astype("float32"))
-    state["view.offset"] = Tensor(s, 5, (3, 4), (4, 1))
-    state["view.transposed"] = Tensor(s, 1, (4, 3), (1, 4))
-    state["half"] = contiguous("1", half)
-    state["param"] = Tensor(
-        Storage("2", np.arange(6, dtype="float32")), 2, (2, 2), (2, 1), parameter=True
-    )
-    state["steps"] = contiguous("3", np.array(7, dtype="int64").reshape(()))
-    state._metadata = {"": {"version": 1}}
+    state, shared, half = _mixed_state(rng)
     dtypes = {}
     for i, dtype in enumerate(("float64", "int32", "uint8", "bool")):
         values = (rng.normal(size=5) * 50).astype(dtype)
