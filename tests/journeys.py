@@ -12,7 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
-from atss_tf.config import Config, load_config
+from atss_tf.config import load_config
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.data.synthetic import generate_synthetic_coco
 
@@ -73,10 +73,6 @@ def shrink_overrides(config: str | Path, data: dict[str, str], batch_size: int =
     if cfg.model.backbone.weights is not None:
         overrides.append("model.backbone.weights=null")  # no download in tests
     return overrides
-
-
-def shrunk_config(config: str | Path, data: dict[str, str]) -> Config:
-    return load_config(ROOT / config, shrink_overrides(config, data))
 
 
 def readme_commands(section: str) -> list[list[str]]:

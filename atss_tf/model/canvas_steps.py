@@ -13,9 +13,10 @@ dtype of every input tensor, per replica) picks a ``tf.function`` made for that
 signature alone, and that function runs the step under the model's
 distribution strategy (``jit_compile`` as compiled). Each canvas is traced and
 compiled exactly once, whatever order the canvases come in; a different batch
-size (a partial last batch) is a signature of its own. The per-step cost of the
-eager ``next()`` and the dictionary look-up is microseconds, against steps of
-milliseconds to seconds.
+size (a partial last batch) is a signature of its own. The eager ``next()``
+and the signature look-up cost no measurable time: a steady step is as fast as
+with Keras' own function on one canvas (``benchmarks/canvases.py``: 1.01x for
+R-50; 0.87x for the tiny test model).
 """
 
 from __future__ import annotations
