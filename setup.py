@@ -1,10 +1,17 @@
 """Packaging for atss-tf: ATSS (Zhang et al., CVPR 2020) in TensorFlow / Keras 3."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', Path("atss_tf/__init__.py").read_text(encoding="utf-8"), re.M
+).group(1)
 
 setup(
     name="atss-tf",
-    version="0.1.0",
+    version=VERSION,
     description="ATSS object detection (Adaptive Training Sample Selection) in TensorFlow/Keras",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -17,22 +17,9 @@ The data flow, with the public entry points of each step::
 
 __version__ = "0.1.0"
 
-from atss_tf.config import Config, ConfigError, load_config, save_config
-from atss_tf.data.pipeline import build_dataset
-from atss_tf.data.synthetic import generate_synthetic_coco
-from atss_tf.inference import (
-    class_names,
-    detect,
-    draw_detections,
-    load_detector,
-    read_image,
-    save_detection_grid,
-)
-from atss_tf.model import ATSSDetector, build_detector
-from atss_tf.targets import TargetEncoder
-from atss_tf.trainer import build_training_model, train
-from atss_tf.training.optimizer import CoupledSGD
-from atss_tf.training.schedule import WarmupMultiStepSchedule
+import importlib as _importlib
+import os as _os
+import sys as _sys
 
 __all__ = [
     "ATSSDetector",
@@ -56,3 +43,52 @@ __all__ = [
     "save_detection_grid",
     "train",
 ]
+
+
+_API = {
+    "atss_tf.config": ("Config", "ConfigError", "load_config", "save_config"),
+    "atss_tf.data.pipeline": ("build_dataset",),
+    "atss_tf.data.synthetic": ("generate_synthetic_coco",),
+    "atss_tf.inference": (
+        "class_names",
+        "detect",
+        "draw_detections",
+        "load_detector",
+        "read_image",
+        "save_detection_grid",
+    ),
+    "atss_tf.model": ("ATSSDetector", "build_detector"),
+    "atss_tf.targets": ("TargetEncoder",),
+    "atss_tf.trainer": ("build_training_model", "train"),
+    "atss_tf.training.optimizer": ("CoupledSGD",),
+    "atss_tf.training.schedule": ("WarmupMultiStepSchedule",),
+}
+
+
+def load_api() -> None:
+    """Import the API (TensorFlow, Keras) and register every Keras class.
+
+    Runs on ``import atss_tf``, except in the ``atss-tf`` command line, which
+    calls it once a command actually runs so that ``atss-tf --help`` does not
+    pay for importing TensorFlow.
+    """
+    for module_name, names in _API.items():
+        module = _importlib.import_module(module_name)
+        for name in names:
+            globals()[name] = getattr(module, name)
+
+
+def _launched_by_cli() -> bool:
+    main = _sys.modules.get("__main__")
+    return _os.path.basename(getattr(main, "__file__", None) or "") in ("atss-tf", "atss-tf.exe")
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        load_api()
+        return globals()[name]
+    raise AttributeError(f"module 'atss_tf' has no attribute {name!r}")
+
+
+if not _launched_by_cli():
+    load_api()

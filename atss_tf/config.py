@@ -14,6 +14,7 @@ also be set on its own; ``None`` means "follow ``official_compat``" and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,13 +24,15 @@ from typing import Any
 
 import yaml
 
+from atss_tf.errors import ConfigError
+
 ANCHOR_ALIGNMENTS = ("center", "official", "mmdet")
 ASSIGNERS = ("atss", "iou", "fcos", "fcos_center", "topk")
 REGRESSIONS = ("box", "point")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
+IMAGE_CHECKS = ("none", "quick", "full")  # atss_tf.data.image_files
+BAD_IMAGE_POLICIES = ("skip", "error")
+# Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): about 1/4 GiB of RGB.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass
@@ -165,6 +168,14 @@ class DataConfig:
     # canvas of its orientation that holds it after resizing.
     canvases: tuple[tuple[int, int], ...] = ((896, 1344), (1344, 896))
     max_instances: int = 100
+    # Image files are checked before training or evaluation starts: "quick"
+    # (header, size, truncation; ~0.1 ms a file), "full" (decode every pixel,
+    # ~5 ms a file) or "none"; a bad file is skipped and named in the log
+    # (bad_images: skip) or stops the run before it starts (bad_images: error).
+    image_check: str = "quick"
+    bad_images: str = "skip"
+    # Images above this many pixels are refused before decoding; 0: no limit.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     flip_prob: float = 0.5
     crowd: str = "drop"  # drop | ignore
     batch_size: int = 16  # global batch
@@ -219,12 +230,22 @@ class Config:
         return cfg
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def validate(cfg: Config) -> None:
-    """Raise :class:`ConfigError` naming the first invalid value."""
+    """Check every value of a resolved config.
+
+    Raises:
+        ConfigError: listing each invalid ``key=value`` with what is expected,
+            on one line.
+    """
+    problems: list[str] = []
 
     def check(ok: bool, key: str, value: Any, expected: str) -> None:
         if not ok:
-            raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
+            problems.append(f"{key}={value!r} (expected {expected})")
 
     a = cfg.model.anchors
     check(
@@ -246,15 +267,27 @@ def validate(cfg: Config) -> None:
         a.aspect_ratios,
         "positive ratios",
     )
+    check(a.octave_base_scale > 0, "model.anchors.octave_base_scale", a.octave_base_scale, "> 0")
     check(cfg.assigner.type in ASSIGNERS, "assigner.type", cfg.assigner.type, f"one of {ASSIGNERS}")
     check(cfg.assigner.topk >= 1, "assigner.topk", cfg.assigner.topk, ">= 1")
+    head = cfg.model.head
     check(
-        cfg.model.head.regression in REGRESSIONS,
+        head.regression in REGRESSIONS,
         "model.head.regression",
-        cfg.model.head.regression,
+        head.regression,
         f"one of {REGRESSIONS}",
     )
-    if cfg.model.head.regression == "point" or cfg.assigner.type in ("fcos", "fcos_center"):
+    check(head.num_convs >= 0, "model.head.num_convs", head.num_convs, ">= 0")
+    check(head.channels >= 1, "model.head.channels", head.channels, ">= 1")
+    check(0 < head.prior_prob < 1, "model.head.prior_prob", head.prior_prob, "in (0, 1)")
+    if head.use_group_norm:
+        check(
+            head.group_norm_groups >= 1 and head.channels % head.group_norm_groups == 0,
+            "model.head.group_norm_groups",
+            head.group_norm_groups,
+            f"a divisor of model.head.channels={head.channels}",
+        )
+    if head.regression == "point" or cfg.assigner.type in ("fcos", "fcos_center"):
         check(
             a.anchors_per_location == 1,
             "model.anchors.scales_per_octave/aspect_ratios",
@@ -280,6 +313,7 @@ def validate(cfg: Config) -> None:
         cfg.model.backbone.weights,
         "null or 'imagenet'",
     )
+    check(cfg.model.fpn.channels >= 1, "model.fpn.channels", cfg.model.fpn.channels, ">= 1")
     check(cfg.model.num_classes >= 1, "model.num_classes", cfg.model.num_classes, ">= 1")
     check(
         len(cfg.model.class_names) in (0, cfg.model.num_classes),
@@ -288,26 +322,123 @@ def validate(cfg: Config) -> None:
         f"empty or {cfg.model.num_classes} names (model.num_classes)",
     )
     check(
-        cfg.postprocess.score_mode in ("sqrt", "product"),
+        all(_finite(v) and v > 0 for v in cfg.model.pixel_std),
+        "model.pixel_std",
+        cfg.model.pixel_std,
+        "positive values",
+    )
+    loss = cfg.loss
+    check(0 <= loss.focal_alpha <= 1, "loss.focal_alpha", loss.focal_alpha, "in [0, 1]")
+    check(
+        _finite(loss.focal_gamma) and loss.focal_gamma >= 0,
+        "loss.focal_gamma",
+        loss.focal_gamma,
+        ">= 0",
+    )
+    check(
+        _finite(loss.reg_loss_weight) and loss.reg_loss_weight >= 0,
+        "loss.reg_loss_weight",
+        loss.reg_loss_weight,
+        ">= 0",
+    )
+    post = cfg.postprocess
+    check(
+        post.score_mode in ("sqrt", "product"),
         "postprocess.score_mode",
-        cfg.postprocess.score_mode,
+        post.score_mode,
         "'sqrt' or 'product'",
     )
-    check(cfg.data.crowd in ("drop", "ignore"), "data.crowd", cfg.data.crowd, "'drop' or 'ignore'")
-    check(cfg.data.max_instances >= 1, "data.max_instances", cfg.data.max_instances, ">= 1")
-    for h, w in cfg.data.canvases:
-        check(
-            h % 32 == 0 and w % 32 == 0,
-            "data.canvases",
-            cfg.data.canvases,
-            "(height, width) pairs that are multiples of 32",
-        )
+    check(0 < post.nms_iou <= 1, "postprocess.nms_iou", post.nms_iou, "in (0, 1]")
     check(
-        cfg.train.strategy in ("default", "mirrored"),
+        0 <= post.score_threshold < 1,
+        "postprocess.score_threshold",
+        post.score_threshold,
+        "in [0, 1)",
+    )
+    check(post.pre_nms_topk >= 1, "postprocess.pre_nms_topk", post.pre_nms_topk, ">= 1")
+    check(post.max_detections >= 1, "postprocess.max_detections", post.max_detections, ">= 1")
+    data = cfg.data
+    check(data.crowd in ("drop", "ignore"), "data.crowd", data.crowd, "'drop' or 'ignore'")
+    check(data.max_instances >= 1, "data.max_instances", data.max_instances, ">= 1")
+    check(data.batch_size >= 1, "data.batch_size", data.batch_size, ">= 1")
+    check(
+        len(data.min_size) >= 1 and all(s >= 1 for s in data.min_size),
+        "data.min_size",
+        data.min_size,
+        "one or more positive sizes",
+    )
+    check(
+        data.max_size >= max(data.min_size, default=0) and data.max_size >= 1,
+        "data.max_size",
+        data.max_size,
+        f">= the largest data.min_size ({max(data.min_size, default=0)})",
+    )
+    check(
+        len(data.canvases) >= 1
+        and all(h > 0 and w > 0 and h % 32 == 0 and w % 32 == 0 for h, w in data.canvases),
+        "data.canvases",
+        data.canvases,
+        "one or more (height, width) pairs, positive multiples of 32",
+    )
+    check(0 <= data.flip_prob <= 1, "data.flip_prob", data.flip_prob, "in [0, 1]")
+    check(data.shuffle_buffer >= 0, "data.shuffle_buffer", data.shuffle_buffer, ">= 0")
+    check(
+        data.num_parallel_calls >= 1 or data.num_parallel_calls == -1,
+        "data.num_parallel_calls",
+        data.num_parallel_calls,
+        ">= 1, or -1 for tf.data.AUTOTUNE",
+    )
+    check(
+        data.image_check in IMAGE_CHECKS,
+        "data.image_check",
+        data.image_check,
+        f"one of {IMAGE_CHECKS}",
+    )
+    check(
+        data.bad_images in BAD_IMAGE_POLICIES,
+        "data.bad_images",
+        data.bad_images,
+        f"one of {BAD_IMAGE_POLICIES}",
+    )
+    check(
+        data.max_image_pixels >= 0,
+        "data.max_image_pixels",
+        data.max_image_pixels,
+        ">= 0 (0: no limit)",
+    )
+    t = cfg.train
+    check(_finite(t.base_lr) and t.base_lr > 0, "train.base_lr", t.base_lr, "> 0")
+    check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+    check(
+        _finite(t.weight_decay) and t.weight_decay >= 0,
+        "train.weight_decay",
+        t.weight_decay,
+        ">= 0",
+    )
+    check(t.max_iters >= 1, "train.max_iters", t.max_iters, ">= 1")
+    check(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, ">= 1")
+    check(t.warmup_iters >= 0, "train.warmup_iters", t.warmup_iters, ">= 0")
+    check(0 < t.warmup_factor <= 1, "train.warmup_factor", t.warmup_factor, "in (0, 1]")
+    check(
+        all(s >= 1 for s in t.lr_steps) and all(b > a for a, b in zip(t.lr_steps, t.lr_steps[1:])),
+        "train.lr_steps",
+        t.lr_steps,
+        "strictly increasing positive steps",
+    )
+    check(_finite(t.lr_gamma) and t.lr_gamma > 0, "train.lr_gamma", t.lr_gamma, "> 0")
+    check(t.eval_every_epochs >= 0, "train.eval_every_epochs", t.eval_every_epochs, ">= 0")
+    check(
+        t.strategy in ("default", "mirrored"),
         "train.strategy",
-        cfg.train.strategy,
+        t.strategy,
         "'default' or 'mirrored'",
     )
+    if problems:
+        n = len(problems)
+        raise ConfigError(
+            (f"{n} invalid config values: " if n > 1 else "invalid config value ")
+            + "; ".join(problems)
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -474,6 +605,21 @@ def load_config(
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from None
     return cfg
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: data}
+
+
+def config_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every setting that differs."""
+    fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return [(k, fa.get(k), fb.get(k)) for k in fa if fa.get(k) != fb.get(k)]
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.config import Config
+from atss_tf.config import DEFAULT_MAX_PIXELS, Config
+from atss_tf.data.image_files import check_pixel_limit, read_image_header
 from atss_tf.data.transforms import TransformConfig, boxes_to_original, decode_image, transform
+from atss_tf.errors import CheckpointError, DataError, UsageError
 
 
 def load_detector(weights: str | os.PathLike, config: Config | None = None) -> keras.Model:
@@ -24,25 +27,48 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
     ``.weights.h5`` checkpoint (``atss-tf train`` writes both).
 
     Raises:
-        FileNotFoundError / ValueError naming the file when it cannot be used.
+        FileNotFoundError: no such file.
+        CheckpointError: the file is not an ATSS detector or does not fit
+            ``config``; the message names the file.
     """
-    import atss_tf.model  # noqa: F401  (registers the custom layers)
+    from atss_tf.model import ATSSDetector
 
     path = Path(weights)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".keras":
-        return keras.saving.load_model(path, compile=False)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as e:  # Keras raises many types for a foreign or damaged file
+            raise CheckpointError(
+                f"cannot load {path} as a Keras model: {_first_line(e)}"
+            ) from None
+        if not isinstance(model, ATSSDetector):
+            raise CheckpointError(
+                f"{path} holds a Keras {type(model).__name__}, not an ATSS detector "
+                "(atss-tf train and atss-tf convert write those)"
+            )
+        return model
     if path.name.endswith(".weights.h5"):
         if config is None:
-            raise ValueError(f"{path} holds weights only: pass --config with the model's config")
+            raise UsageError(f"{path} holds weights only: pass --config with the model's config")
         # Training checkpoints hold optimizer variables too: load into a compiled twin.
         from atss_tf.trainer import build_training_model
 
         model = build_training_model(config)
-        model.load_weights(path)
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            raise CheckpointError(
+                f"cannot load {path} into the model of the given config: {_first_line(e)}"
+            ) from None
         return model
-    raise ValueError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
+    raise UsageError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def class_names(config: Config) -> list[str]:
@@ -51,15 +77,79 @@ def class_names(config: Config) -> list[str]:
     return names or [f"class {k}" for k in range(1, config.model.num_classes + 1)]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """``uint8 [h, w, 3]`` RGB from a JPEG/PNG/GIF/BMP file (errors name the file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``uint8 [h, w, 3]`` RGB from a JPEG/PNG/GIF/BMP file.
+
+    The header is read first: a file that is missing, not an image, truncated
+    or above ``max_pixels`` (0: no limit) is refused before any pixel is
+    decoded.
+
+    Raises:
+        DataError: naming the file and the reason.
+    """
+    header = read_image_header(path)
+    check_pixel_limit(header.height, header.width, max_pixels, os.fspath(path))
     try:
-        return decode_image(tf.io.read_file(str(path)), str(path)).numpy()
-    except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"cannot decode image {path}: {e.message.splitlines()[0]}") from None
+        return decode_image(tf.io.read_file(os.fspath(path)), os.fspath(path)).numpy()
+    except tf.errors.OpError as e:
+        raise DataError(f"corrupt image file {path}: {e.message.splitlines()[0]}") from None
+
+
+def check_detect_input(image: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The array :func:`detect` accepts, or a ``DataError`` naming ``name``.
+
+    Accepted: ``uint8 [h, w, 3]`` RGB 0..255, and float arrays with values in
+    0..255 (as ``read_image(...).astype("float32")``). Refused, because their
+    value range is ambiguous: float images whose values all lie in 0..1 (pass
+    ``image * 255``), uint16 and other integer types, non-finite values,
+    gray or RGBA shapes, and more than ``max_pixels`` pixels (0: no limit).
+    """
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        hint = ""
+        if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 1):
+            hint = ": a gray image; repeat it to 3 channels, e.g. np.repeat(img[..., None], 3, -1)"
+        elif a.ndim == 3 and a.shape[-1] == 4:
+            hint = ": RGBA; drop the alpha channel with img[..., :3]"
+        raise DataError(f"{name}: expected an RGB image [h, w, 3], got shape {a.shape}{hint}")
+    check_pixel_limit(a.shape[0], a.shape[1], max_pixels, name)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind != "f":
+        raise DataError(
+            f"{name}: dtype {a.dtype} is ambiguous; pass uint8 RGB 0..255 "
+            "(a 16-bit image: (img // 257).astype('uint8'))"
+        )
+    if a.size and not np.isfinite(a).all():
+        raise DataError(f"{name}: the image holds NaN or infinite values")
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+        raise DataError(f"{name}: float values span {low:g}..{high:g}; expected RGB 0..255")
+    if high <= 1.0:
+        raise DataError(
+            f"{name}: float image with values in 0..1 is ambiguous; detect expects RGB 0..255: "
+            "pass image * 255 or a uint8 array"
+        )
+    return a
+
+
+# Below this shorter side after the test resize, an image is a sliver the
+# detector cannot see into (P3 has stride 8).
+MIN_RESIZED_SIDE = 8
+
+
+def check_aspect_ratio(height: int, width: int, params: TransformConfig, name: str) -> None:
+    """``DataError`` when the test resize leaves the shorter side below
+    :data:`MIN_RESIZED_SIDE` pixels (a 1 x 5000 image), instead of detections
+    on a one-pixel strip."""
+    short, long = min(height, width), max(height, width)
+    scale = min(max(params.min_size) / short, params.max_size / long)
+    if short * scale < MIN_RESIZED_SIDE:
+        raise DataError(
+            f"{name} is {height}x{width} (h x w): resized to at most {params.max_size} pixels "
+            f"its shorter side would be {short * scale:.1f} px, below {MIN_RESIZED_SIDE}; "
+            "crop it into tiles of a less extreme aspect ratio"
+        )
 
 
 def padded_batch_size(count: int, batch_size: int) -> int:
@@ -74,6 +164,7 @@ def detect(
     images: Iterable[np.ndarray],
     config: Config | None = None,
     batch_size: int = 8,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Run the detector on RGB images of any sizes and orientations.
 
@@ -84,23 +175,25 @@ def detect(
 
     Args:
         model: an :class:`~atss_tf.model.ATSSDetector`.
-        images: ``uint8 [h, w, 3]`` RGB arrays.
+        images: ``uint8 [h, w, 3]`` RGB arrays (or float in 0..255; see
+            :func:`check_detect_input` for what is refused and why).
         config: transform settings; default the model's own.
         batch_size: images per model call.
+        names: how errors name the images (default ``image <index>``).
 
     Returns:
         One dict per image, in input order: ``boxes`` ``[n, 4]`` float32 xyxy
         in original pixels, ``scores`` ``[n]``, ``classes`` ``[n]`` int32 (1..C).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     cfg = config or model.config
     params = TransformConfig.from_config(cfg, training=False)
     prepared = []
-    for image in images:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"expected an RGB image [h, w, 3], got shape {image.shape}")
+    for k, image in enumerate(images):
+        name = names[k] if names is not None else f"image {k}"
+        image = check_detect_input(image, name, cfg.data.max_image_pixels)
+        check_aspect_ratio(image.shape[0], image.shape[1], params, name)
         t = transform(tf.convert_to_tensor(image), tf.zeros([0, 4]), params)
         prepared.append((int(t["canvas_index"]), t["image"], t["image_info"]))
     groups: dict[int, list[int]] = {}

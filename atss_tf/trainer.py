@@ -17,9 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.config import Config, save_config
+from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
 from atss_tf.evaluation import CocoEvalCallback, CocoEvaluator
-from atss_tf.training.callbacks import ResumableCheckpoint, StopOnNaN
+from atss_tf.training.callbacks import (
+    ResumableCheckpoint,
+    StopOnNaN,
+    TrainingLog,
+    save_model_file,
+)
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
 
@@ -77,17 +82,28 @@ def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = 
 
 
 def evaluate_model(
-    model: keras.Model, dataset: tf.data.Dataset, evaluator: CocoEvaluator
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    evaluator: CocoEvaluator,
+    num_images: int | None = None,
 ) -> dict[str, float]:
     """Run ``model.predict_on_batch`` over a validation dataset and score with COCO.
 
     The dataset yields ``inputs`` dicts (``images``, ``image_info``, ``image_id``)
     as built by :func:`atss_tf.data.pipeline.build_dataset` with ``split="val"``;
-    boxes are mapped back to original image coordinates before scoring.
+    boxes are mapped back to original image coordinates before scoring. With
+    ``num_images``, a progress bar counts the images.
     """
     from atss_tf.data.transforms import boxes_to_original
+    from atss_tf.progress import progress_bar
 
     evaluator.reset()
+    bar = (
+        progress_bar(num_images, f"Evaluating on {num_images} images", "image")
+        if num_images
+        else None
+    )
+    done = 0
     for element in dataset:
         inputs = element[0] if isinstance(element, tuple) else element
         det = model.predict_on_batch(inputs)
@@ -99,7 +115,52 @@ def evaluate_model(
             det["classes"],
             det["num_detections"],
         )
+        done += int(inputs["image_id"].shape[0])
+        if bar is not None:
+            bar.update(min(done, num_images))
     return evaluator.evaluate()
+
+
+# Settings a resumed run may change: how long it runs, how it is evaluated and
+# how its files are read - not what its checkpoints mean.
+RESUMABLE_KEYS = (
+    "train.max_iters",
+    "train.eval_every_epochs",
+    "data.val_annotations",
+    "data.val_images",
+    "data.val_tfrecords",
+    "data.num_parallel_calls",
+    "data.image_check",
+    "data.bad_images",
+    "data.max_image_pixels",
+)
+
+
+def check_resume_config(cfg: Config, out: Path) -> None:
+    """Refuse to resume the run in ``out`` with a config that differs from its
+    own in any key but :data:`RESUMABLE_KEYS`.
+
+    Raises:
+        ConfigError: listing the differing keys (saved -> new); ``out/config.yaml``
+            is left as it is.
+    """
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return
+    try:
+        saved = load_config(saved_path)
+    except ConfigError as e:
+        raise ConfigError(
+            f"cannot resume the run in {out}: its config.yaml is invalid: {e}"
+        ) from None
+    diffs = [d for d in config_differences(saved, cfg) if d[0] not in RESUMABLE_KEYS]
+    if diffs:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:8])
+        more = f"; and {len(diffs) - 8} more" if len(diffs) > 8 else ""
+        raise ConfigError(
+            f"{out} holds a run with a different config ({len(diffs)} key(s) differ: {shown}{more}); "
+            "resume it with the same config, or train into a new --out"
+        )
 
 
 def train(
@@ -115,44 +176,56 @@ def train(
 
     Writes ``out_dir/config.yaml``, ``checkpoints/`` (model + optimizer state at
     every epoch end, epoch = ``train.steps_per_epoch`` steps), ``logs/``
-    (TensorBoard), ``model.keras`` at the end, and, when validation data is
-    configured, ``metrics.json`` and ``detections.json``.
+    (TensorBoard: ``train/`` losses and learning rate, ``validation/`` COCO
+    metrics and a picture of detections at each evaluation), ``model.keras``
+    at the end, and, when validation data is configured, ``metrics.json`` and
+    ``detections.json``.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a checkpointed run of a different config.
+        DataError: no usable training data.
+        CheckpointError: a checkpoint cannot be written (the previous one is kept).
     """
     from atss_tf.data.pipeline import build_dataset
+    from atss_tf.progress import fit_verbosity
     from atss_tf.targets import TargetEncoder
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    keras.utils.set_random_seed(cfg.train.seed)
-    strategy = strategy or make_strategy(cfg.train.strategy)
-    model = build_training_model(cfg, strategy)
-
     ckpt = ResumableCheckpoint(out / "checkpoints")
-    info = ckpt.restore(model)
-    initial_epoch = int(info["epoch"]) if info else 0
-    if info:
-        print(f"Resumed from {info['path']} at step {info['step']} (epoch {initial_epoch}).")
-        if on_resume is not None:
-            on_resume(info)
-    epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
-
+    latest = ckpt.latest()
+    if latest is not None:
+        check_resume_config(cfg, out)
+    keras.utils.set_random_seed(cfg.train.seed)
+    # A resumed run sees a new (still reproducible) stream of images.
+    initial_epoch = int(latest["epoch"]) if latest else 0
     train_ds = build_dataset(
         cfg,
         "train",
         encoder_factory=lambda size: TargetEncoder(cfg, size),
         seed=cfg.train.seed + initial_epoch,
     )
-    all_callbacks: list[keras.callbacks.Callback] = [
-        ckpt,
-        StopOnNaN(),
-        keras.callbacks.TensorBoard(str(out / "logs"), update_freq=50),
-    ]
-    evaluate_fn = None
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    strategy = strategy or make_strategy(cfg.train.strategy)
+    model = build_training_model(cfg, strategy)
+    info = ckpt.restore(model)
+    if info:
+        print(f"Resumed from {info['path']} at step {info['step']} (epoch {initial_epoch}).")
+        if on_resume is not None:
+            on_resume(info)
+    epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
+
+    log = TrainingLog(out / "logs", every_n_steps=min(50, cfg.train.steps_per_epoch))
+    all_callbacks: list[keras.callbacks.Callback] = [ckpt, StopOnNaN()]
+    evaluate_fn = picture_fn = None
     if cfg.data.val_annotations or cfg.data.val_tfrecords:
         evaluate_fn = make_evaluate_fn(model, cfg, out)
+        picture_fn = make_picture_fn(model, cfg)
         if cfg.train.eval_every_epochs > 0:
-            all_callbacks.append(CocoEvalCallback(evaluate_fn, cfg.train.eval_every_epochs))
+            all_callbacks.append(
+                CocoEvalCallback(evaluate_fn, cfg.train.eval_every_epochs, picture_fn, log)
+            )
+    all_callbacks.append(log)  # after the evaluation: its val_* metrics reach TensorBoard
     all_callbacks.extend(callbacks)
     if initial_epoch < epochs:
         model.fit(
@@ -161,27 +234,56 @@ def train(
             steps_per_epoch=cfg.train.steps_per_epoch,
             initial_epoch=initial_epoch,
             callbacks=all_callbacks,
-            verbose=verbose,
+            verbose=fit_verbosity() if verbose == "auto" else verbose,
         )
-    model.save(out / "model.keras")
+    save_model_file(model, out / "model.keras")
     if evaluate_fn is not None:
         metrics = evaluate_fn()
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        step = int(model.optimizer.iterations.numpy())
+        log.log_metrics(step, metrics)
+        log.log_picture(step, picture_fn())
     return model
 
 
 def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
-    """A closure that evaluates ``model`` on the configured validation set."""
-    from atss_tf.data.pipeline import build_dataset, load_val_annotations
+    """A closure that evaluates ``model`` on the configured validation set
+    (its data report is logged now, once)."""
+    from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
 
-    val_ds = build_dataset(cfg, "val")
+    source = load_split(cfg, "val") if cfg.data.val_annotations else None
+    val_ds = build_dataset(cfg, "val", source=source)
     coco, category_ids = load_val_annotations(cfg)
     evaluator = CocoEvaluator(coco, category_ids)
+    num_images = len(source) if source is not None else None
 
     def evaluate_fn() -> dict[str, float]:
-        metrics = evaluate_model(model, val_ds, evaluator)
+        metrics = evaluate_model(model, val_ds, evaluator, num_images)
         if out is not None:
             evaluator.write(out / "detections.json")
         return metrics
 
     return evaluate_fn
+
+
+def make_picture_fn(model: keras.Model, cfg: Config, count: int = 4) -> Callable[[], bytes | None]:
+    """A closure drawing ``model``'s detections on the first ``count``
+    validation images, returning PNG bytes (for TensorBoard; None without
+    readable validation images)."""
+    import io
+
+    from atss_tf.data.pipeline import first_images
+    from atss_tf.inference import class_names, detect, save_detection_grid
+
+    images, titles = first_images(cfg, "val", count)
+
+    def picture_fn() -> bytes | None:
+        if not images:
+            return None
+        buffer = io.BytesIO()
+        save_detection_grid(
+            images, detect(model, images, cfg), class_names(cfg), buffer, titles=titles
+        )
+        return buffer.getvalue()
+
+    return picture_fn

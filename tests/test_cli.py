@@ -13,7 +13,6 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from atss_tf import cli
-from atss_tf.config import save_config
 from atss_tf.evaluation import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,45 +108,3 @@ def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys
             direct = np.zeros(12)
     np.testing.assert_allclose([ours[m] for m in METRIC_NAMES], direct, atol=1e-12)
     assert all(d["category_id"] in {1, 2, 3} for d in dets)
-
-
-def test_evaluate_without_validation_data_is_a_clear_error(tmp_path):
-    cfg_path = tmp_path / "c.yaml"
-    from tests.helpers import tiny_config
-
-    save_config(tiny_config(), cfg_path)
-    (tmp_path / "w.keras").write_text("x")
-    with pytest.raises(SystemExit, match="data.val_annotations"):
-        cli.main(["evaluate", "--config", str(cfg_path), "--weights", str(tmp_path / "w.keras")])
-
-
-def test_predict_reports_missing_images_and_weights(tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights file not found"):
-        cli.main(
-            [
-                "predict",
-                "--weights",
-                str(tmp_path / "nope.keras"),
-                "--images",
-                "x.jpg",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-
-
-def test_bad_config_key_on_the_command_line(tmp_path):
-    from atss_tf.config import ConfigError
-
-    with pytest.raises(ConfigError, match="model.head.num_conv"):
-        cli.main(
-            [
-                "train",
-                "--config",
-                "configs/demo_shapes.yaml",
-                "--out",
-                str(tmp_path),
-                "--set",
-                "model.head.num_conv=3",
-            ]
-        )

@@ -215,31 +215,68 @@ def test_annotation_of_unknown_image_is_named(tmp_path):
         load_coco(a, d, training=True)
 
 
-def test_missing_image_file_is_named(tmp_path):
+def test_missing_image_file_is_skipped_and_named_or_an_error(tmp_path):
     a, d = write_coco(
         tmp_path, [(1, 40, 60), (2, 40, 60)], [ann(1, 1, [1, 1, 5, 5]), ann(2, 1, [1, 1, 5, 5])]
     )
     (Path(d) / "2.jpg").unlink()
-    with pytest.raises(DataError, match=r"1 image file\(s\) listed in .* are missing: .*2\.jpg"):
+    ds = load_coco(a, d, training=True)
+    assert [r["image_id"] for r in ds.records] == [1]
+    assert ds.report["bad_images_skipped"] == 1 and ds.report["images_kept"] == 1
+    assert ds.report.bad_files[0][0].endswith("2.jpg")
+    assert "not found" in ds.report.bad_files[0][1]
+    with pytest.raises(DataError, match=r"1 bad image file\(s\) in .*2\.jpg"):
+        load_coco(a, d, training=True, bad_images="error")
+    (Path(d) / "1.jpg").unlink()
+    with pytest.raises(DataError, match=r"none of the 2 image files .* exists"):
         load_coco(a, d, training=True)
 
 
-def test_corrupt_jpeg_is_named_when_validating(tmp_path):
+def test_truncated_jpeg_is_found_by_the_quick_check(tmp_path):
     a, d = write_coco(
         tmp_path, [(1, 40, 60), (2, 40, 60)], [ann(1, 1, [1, 1, 5, 5]), ann(2, 1, [1, 1, 5, 5])]
     )
     good = (Path(d) / "2.jpg").read_bytes()
     (Path(d) / "2.jpg").write_bytes(good[: len(good) // 2])  # truncated download
-    load_coco(a, d, training=True)  # existence only: cheap, passes
-    with pytest.raises(DataError, match=r"corrupt or unreadable image file .*2\.jpg"):
-        load_coco(a, d, training=True, validate_images=True)
+    assert len(load_coco(a, d, training=True, image_check="none").records) == 2
+    ds = load_coco(a, d, training=True)
+    assert [r["image_id"] for r in ds.records] == [1]
+    assert "2.jpg: unreadable jpeg header (Truncated" in ds.report.bad_files[0][1]
+    with pytest.raises(DataError, match=r"corrupt image file .*2\.jpg"):
+        load_coco(a, d, training=True, bad_images="error")
 
 
-def test_validate_images_checks_size_against_json(tmp_path):
+def test_a_damaged_huffman_table_needs_the_full_check(tmp_path):
+    a, d = write_coco(tmp_path, [(1, 40, 60)], [ann(1, 1, [1, 1, 5, 5])])
+    data = bytearray((Path(d) / "1.jpg").read_bytes())
+    dht = data.index(b"\xff\xc4")
+    data[dht + 5 : dht + 21] = b"\xff" * 16  # TensorFlow: "jpeg::Uncompress failed"
+    (Path(d) / "1.jpg").write_bytes(bytes(data))
+    load_coco(a, d, training=True, bad_images="error")  # header and end marker look fine
+    with pytest.raises(DataError, match=r"corrupt image file .*1\.jpg"):
+        load_coco(a, d, training=True, image_check="full", bad_images="error")
+
+
+def test_image_size_is_checked_against_the_json(tmp_path):
     a, d = write_coco(tmp_path, [(1, 40, 60)], [ann(1, 1, [1, 1, 5, 5])])
     Image.new("RGB", (40, 60)).save(Path(d) / "1.jpg")
     with pytest.raises(DataError, match=r"1\.jpg is 60x40 .* annotations say 40x60"):
-        load_coco(a, d, training=True, validate_images=True)
+        load_coco(a, d, training=True, bad_images="error")
+
+
+def test_nan_and_infinite_boxes_are_dropped_and_counted(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    a, d = write_coco(
+        tmp_path,
+        [(1, 40, 60), (2, 40, 60)],
+        [ann(1, 1, [1, 1, 5, 5]), ann(1, 1, [nan, 1, 5, 5]), ann(2, 1, [1, 1, inf, 5])],
+    )
+    ds = load_coco(a, d, training=True)
+    assert [r["image_id"] for r in ds.records] == [1]  # image 2's only box was infinite
+    assert len(ds.records[0]["boxes"]) == 1 and np.isfinite(ds.records[0]["boxes"]).all()
+    assert ds.report["nonfinite_dropped"] == 2
+    assert ds.report["boxes_clipped"] == 0
+    assert ds.report["images_without_valid_boxes_skipped"] == 1
 
 
 def test_report_is_logged_once(tmp_path, caplog):

@@ -192,7 +192,7 @@ def test_readme_official_pretrained_models(fmt, coco80, official_outputs, tmp_pa
             out = work / argv[argv.index("--out") + 1]
             records = json.loads((out / "detections.json").read_text())
             assert len(records) == 100  # the official post-processing keeps 100
-            assert (out / f"{Path(photo).stem}_detections.png").exists()
+            assert (out / f"{Path(photo).name}.detections.png").exists()
         else:
             out = work / argv[argv.index("--out") + 1]
             result = _check_evaluation(out, coco80["val_annotations"])

@@ -179,6 +179,12 @@ def test_corrupt_image_is_named_when_iterating(synth, tmp_path):
     ann.write_text(json.dumps(data))
     cfg = small_config(synth)
     cfg.data.val_annotations = str(ann)
+    cfg.data.bad_images = "error"
+    with pytest.raises(DataError, match=r"broken\.jpg is not a JPEG/PNG/GIF/BMP file"):
+        build_dataset(cfg, "val")
+    cfg.data.bad_images = "skip"
+    assert list(build_dataset(cfg, "val")) == []
+    cfg.data.image_check = "none"  # unchecked: the decoder's error still names the file
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"broken\.jpg"):
         list(build_dataset(cfg, "val"))
 
@@ -191,6 +197,10 @@ def test_image_size_differing_from_the_json_is_named(synth, tmp_path):
     ann.write_text(json.dumps(data))
     cfg = small_config(synth)
     cfg.data.val_annotations = str(ann)
+    cfg.data.bad_images = "error"
+    with pytest.raises(DataError, match=r"000001\.jpg is \d+x\d+ .* annotations say"):
+        build_dataset(cfg, "val")
+    cfg.data.image_check = "none"
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)000001\.jpg.*annotations say"):
         list(build_dataset(cfg, "val"))
 

@@ -230,5 +230,12 @@ def test_make_tfrecords_reports_a_missing_image(coco_dir, tmp_path, capsys):
             "1",
         ]
     )
-    assert rc == 1
-    assert "nope.jpg" in capsys.readouterr().out
+    assert rc == 0  # skipped, named, counted
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "nope.jpg" in captured.err
+    assert "1 missing, corrupt, truncated or oversized image files skipped" in captured.out
+    args = ["make-tfrecords", "--annotations", str(ann), "--images", coco_dir.images_dir]
+    assert cli_main([*args, "--out", str(tmp_path / "p"), "--bad-images", "error"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "nope.jpg" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1

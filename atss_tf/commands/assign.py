@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 import numpy as np
 
 from atss_tf.commands.common import add_config_arguments
+from atss_tf.errors import UsageError
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """The boxes file or an argument is invalid; the message names it."""
 
 
@@ -66,6 +66,8 @@ def read_boxes(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"cannot read boxes file {path}: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(data, dict) or "boxes" not in data:
         raise InputError(
             f'{path}: expected an object with a "boxes" list, e.g. '
@@ -113,20 +115,20 @@ def read_boxes(path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atss_tf.config import ConfigError, load_config
+    from atss_tf.config import load_config
 
     overrides = list(args.overrides) + (["official_compat=true"] if args.official_compat else [])
-    try:
-        cfg = load_config(args.config, overrides)
-        height, width = args.image_size
-        if height <= 0 or width <= 0:
-            raise InputError(f"--image-size must be two positive integers, got {height} {width}")
-        boxes, labels = read_boxes(args.boxes, cfg.model.num_classes)
-    except (ConfigError, InputError) as e:
-        print(f"atss-tf assign: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
+    height, width = args.image_size
+    if height <= 0 or width <= 0:
+        raise InputError(f"--image-size must be two positive integers, got {height} {width}")
+    boxes, labels = read_boxes(args.boxes, cfg.model.num_classes)
 
-    from atss_tf.targets import TargetEncoder
+    from atss_tf.targets import TargetEncoder, check_encoder_size
+
+    check_encoder_size(
+        cfg, (height, width), max(cfg.data.max_instances, len(boxes)), "--image-size"
+    )
 
     num = len(boxes)
     size = max(cfg.data.max_instances, num)
@@ -148,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
         "gt_boxes": boxes,
         "gt_labels": labels,
     }
-    try:
-        np.savez(args.out, **result)
-    except OSError as e:
-        print(f"atss-tf assign: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+    np.savez(args.out, **result)
     print_summary(enc, boxes, labels, out)
     print(f"wrote {args.out}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from atss_tf.config import Config, load_config
+from atss_tf.config import Config, ConfigError, load_config
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -33,7 +33,7 @@ def shipped_config(name: str) -> Path:
     """A config of the repository's ``configs/`` folder (editable installs)."""
     path = REPO_CONFIGS / name
     if not path.exists():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{path} not found: install atss-tf from a clone with `pip install -e .` "
             "or pass --config"
         )

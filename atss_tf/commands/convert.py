@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from atss_tf.commands.common import add_config_arguments
 
@@ -33,20 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atss_tf.config import ConfigError, load_config
-    from atss_tf.convert import CheckpointError, convert_official
+    from atss_tf.config import load_config
+    from atss_tf.convert import convert_official
 
-    try:
-        base = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"atss-tf convert: {e}", file=sys.stderr)
-        return 2
+    base = load_config(args.config, args.overrides)
     stride = {"auto": None, "true": True, "false": False}[args.stride_in_1x1]
-    try:
-        result = convert_official(args.checkpoint, args.output, base, stride_in_1x1=stride)
-    except (FileNotFoundError, IsADirectoryError, CheckpointError, ValueError) as e:
-        print(f"atss-tf convert: {e}", file=sys.stderr)
-        return 1
+    result = convert_official(args.checkpoint, args.output, base, stride_in_1x1=stride)
     b = result.config.model.backbone
     arch = (
         f"ResNet-{b.depth}"

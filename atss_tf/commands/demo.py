@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from atss_tf.commands.common import add_config_arguments, shipped_config
+from atss_tf.errors import UsageError
 
 DEMO_OBJECT_SIZE = (8, 200)
 
@@ -22,10 +23,19 @@ DEMO_OBJECT_SIZE = (8, 200)
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     add_config_arguments(parser, config_help="default: configs/demo_shapes.yaml")
-    parser.add_argument("--train-images", type=int, default=480)
-    parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument(
-        "--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)"
+        "--train-images", type=int, default=480, help="synthetic training images (default 480)"
+    )
+    parser.add_argument(
+        "--val-images", type=int, default=100, help="synthetic held-out images (default 100)"
+    )
+    parser.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=None,
+        help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
+        "(default: 1 in a terminal, 2 when the output is a file)",
     )
 
 
@@ -61,8 +71,12 @@ def prepare_demo_config(args, out: Path):
 
 def run(args) -> int:
     from atss_tf.inference import class_names, detect, read_image, save_detection_grid
+    from atss_tf.progress import fit_verbosity
     from atss_tf.trainer import train
 
+    for name in ("train_images", "val_images"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +85,8 @@ def run(args) -> int:
         f"Synthetic dataset ready in {out / 'data'} ({time.time() - start:.0f} s). Training "
         f"{cfg.train.max_iters} steps of batch {cfg.data.batch_size} on {cfg.data.canvases[0]} canvases."
     )
-    model = train(cfg, out, verbose=args.verbose)
+    verbose = fit_verbosity() if args.verbose is None else args.verbose
+    model = train(cfg, out, verbose=verbose)
     metrics = json.loads((out / "metrics.json").read_text())
 
     val = json.loads(Path(cfg.data.val_annotations).read_text())

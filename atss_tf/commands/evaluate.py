@@ -11,10 +11,16 @@ import json
 from pathlib import Path
 
 from atss_tf.commands.common import add_config_arguments, config_from_args
+from atss_tf.errors import ConfigError
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser, required=True)
+    add_config_arguments(
+        parser,
+        required=True,
+        config_help="YAML config naming the validation set (data.val_*); the model's own "
+        "settings come from --weights",
+    )
     parser.add_argument("--weights", required=True, help=".keras model or .weights.h5 checkpoint")
     parser.add_argument("--out", default=".", help="folder for metrics.json and detections.json")
 
@@ -25,8 +31,9 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     if not (cfg.data.val_annotations or cfg.data.val_tfrecords):
-        raise SystemExit(
-            "atss-tf evaluate: the config sets neither data.val_annotations nor data.val_tfrecords"
+        raise ConfigError(
+            f"{args.config} sets neither data.val_annotations nor data.val_tfrecords: "
+            "evaluate needs a validation set"
         )
     model = load_detector(args.weights, cfg)
     # The model's own settings (normalisation, compat, post-processing) with the

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from atss_tf.data.coco import DataError, load_coco
-from atss_tf.data.tfrecords import categories_path, write_tfrecords
+from atss_tf.config import BAD_IMAGE_POLICIES, DEFAULT_MAX_PIXELS, IMAGE_CHECKS
+from atss_tf.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,31 +20,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shards", type=int, default=1, help="number of shards (default 1)")
     parser.add_argument(
-        "--validate-images",
-        action="store_true",
-        help="decode every image with PIL first (slow; names corrupt files)",
+        "--image-check",
+        choices=IMAGE_CHECKS,
+        default="quick",
+        help="check each image before packing it: quick (header, size, truncation; default), "
+        "full (decode every pixel with PIL, slow) or none",
+    )
+    parser.add_argument(
+        "--bad-images",
+        choices=BAD_IMAGE_POLICIES,
+        default="skip",
+        help="a bad image file is left out and named (skip, default) or stops the command (error)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"images above this many pixels are bad (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from atss_tf.data.coco import load_coco
+    from atss_tf.data.tfrecords import categories_path, write_tfrecords
+
     if args.shards < 1:
-        print(f"atss-tf make-tfrecords: --shards must be >= 1, got {args.shards}")
-        return 2
-    try:
-        # Everything goes in: crowd boxes flagged, images without boxes kept, no
-        # truncation; the training pipeline applies the config's choices.
-        dataset = load_coco(
-            args.annotations,
-            args.images,
-            training=False,
-            crowd="ignore",
-            max_instances=None,
-            validate_images=args.validate_images,
-        )
-        paths = write_tfrecords(dataset.records, dataset.category_map, args.out, args.shards)
-    except DataError as e:
-        print(f"atss-tf make-tfrecords: error: {e}")
-        return 1
+        raise UsageError(f"--shards must be >= 1, got {args.shards}")
+    # Everything goes in: crowd boxes flagged, images without boxes kept, no
+    # truncation; the training pipeline applies the config's choices.
+    dataset = load_coco(
+        args.annotations,
+        args.images,
+        training=False,
+        crowd="ignore",
+        max_instances=None,
+        image_check=args.image_check,
+        bad_images=args.bad_images,
+        max_pixels=args.max_image_pixels,
+    )
+    paths = write_tfrecords(
+        dataset.records, dataset.category_map, args.out, args.shards, progress=True
+    )
     n_boxes = sum(len(r["labels"]) for r in dataset.records)
     n_crowd = sum(int(r["is_crowd"].sum()) for r in dataset.records)
     print(

@@ -1,28 +1,52 @@
-"""``atss-tf predict --weights W --images PATH... --out DIR``: detections json and pictures."""
+"""``atss-tf predict --weights W --images PATH... --out DIR``: detections json and pictures.
+
+Every good image is processed; a bad one (missing, corrupt, truncated, too
+large, too extreme an aspect ratio) is named with its reason and left out,
+and the command then exits with 1. Pictures are named after the image's path
+relative to the inputs' common folder (``a/one.jpg`` -> ``a__one.jpg.detections.png``), so
+``one.jpg`` and ``one.png``, or the same name in two folders, never collide.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from atss_tf.commands.common import add_config_arguments
+from atss_tf.errors import AtssError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(
+        parser,
+        config_help="YAML config for the test-time resize and canvases (default: the model's own)",
+    )
     parser.add_argument("--weights", required=True, help=".keras model or .weights.h5 checkpoint")
-    parser.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        help="image files or folders (their .jpg/.jpeg/.png/.bmp/.gif files)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="drawing threshold")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="draw detections at or above this score (default 0.3); the json has all",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="images per model call, grouped by canvas"
     )
 
 
-def _image_paths(items: list[str]) -> list[Path]:
-    paths = []
+def image_paths(items: list[str]) -> list[Path]:
+    """The image files named or held (non-recursively) by ``items``, in order, once each."""
+    paths: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
@@ -30,15 +54,30 @@ def _image_paths(items: list[str]) -> list[Path]:
         elif p.exists():
             paths.append(p)
         else:
-            raise SystemExit(f"atss-tf predict: image not found: {p}")
+            raise FileNotFoundError(f"image not found: {p}")
     if not paths:
-        raise SystemExit("atss-tf predict: no images found in " + " ".join(items))
-    return paths
+        raise UsageError("no images found in " + " ".join(items))
+    seen, unique = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def picture_names(paths: list[Path]) -> list[str]:
+    """Distinct picture file names: each path relative to the common folder,
+    its separators as ``__``, plus ``.detections.png``."""
+    absolute = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    return ["__".join(p.relative_to(common).parts) + ".detections.png" for p in absolute]
 
 
 def run(args) -> int:
     from atss_tf.config import load_config
+    from atss_tf.data.transforms import TransformConfig
     from atss_tf.inference import (
+        check_aspect_ratio,
         class_names,
         detect,
         load_detector,
@@ -46,22 +85,38 @@ def run(args) -> int:
         save_detection_grid,
     )
 
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     config = load_config(args.config, args.overrides) if args.config else None
     model = load_detector(args.weights, config)
     cfg = config or model.config
     names = class_names(cfg)
+    params = TransformConfig.from_config(cfg, training=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    paths = _image_paths(args.images)
-    # Images of a chunk are grouped by canvas inside detect; chunks bound memory.
-    chunk = 4 * max(args.batch_size, 1)
+    paths = image_paths(args.images)
+    pictures = dict(zip(paths, picture_names(paths)))
+    records, failed = [], []
+    # Chunks bound memory; images of a chunk are grouped by canvas inside detect.
+    chunk = 4 * args.batch_size
     for start in range(0, len(paths), chunk):
-        group = paths[start : start + chunk]
-        images = [read_image(path) for path in group]
-        for path, image, det in zip(group, images, detect(model, images, cfg, args.batch_size)):
-            picture = out / f"{path.stem}_detections.png"
-            save_detection_grid([image], [det], names, picture, args.score_threshold, [path.name])
+        group, images = [], []
+        for path in paths[start : start + chunk]:
+            try:
+                image = read_image(path, cfg.data.max_image_pixels)
+                check_aspect_ratio(image.shape[0], image.shape[1], params, str(path))
+            except (AtssError, OSError) as e:
+                failed.append((path, str(e)))
+                print(f"{path}: skipped: {e}", file=sys.stderr)
+                continue
+            group.append(path)
+            images.append(image)
+        if not group:
+            continue
+        detections = detect(model, images, cfg, args.batch_size, names=[str(p) for p in group])
+        for path, image, det in zip(group, images, detections):
+            picture = out / pictures[path]
+            save_detection_grid([image], [det], names, picture, args.score_threshold, [str(path)])
             for box, score, cls in zip(det["boxes"], det["scores"], det["classes"]):
                 records.append(
                     {
@@ -75,5 +130,14 @@ def run(args) -> int:
             shown = int((det["scores"] >= args.score_threshold).sum())
             print(f"{path}: {len(det['scores'])} detections ({shown} drawn) -> {picture}")
     (out / "detections.json").write_text(json.dumps(records, indent=1))
-    print(f"Wrote {out / 'detections.json'}")
+    done = len(paths) - len(failed)
+    print(f"Wrote {out / 'detections.json'} ({done} of {len(paths)} images)")
+    if failed:
+        print(
+            f"atss-tf predict: {len(failed)} of {len(paths)} images skipped: "
+            + ", ".join(str(p) for p, _ in failed[:10])
+            + (", ..." if len(failed) > 10 else ""),
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -7,13 +7,19 @@ from atss_tf.commands.common import add_config_arguments, config_from_args
 
 def add_arguments(parser) -> None:
     add_config_arguments(parser, required=True)
-    parser.add_argument("--out", required=True, help="output folder (checkpoints, logs, model)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder (config.yaml, checkpoints, TensorBoard logs, model.keras); "
+        "an existing run there resumes from its last checkpoint",
+    )
 
 
 def run(args) -> int:
+    from atss_tf.progress import fit_verbosity
     from atss_tf.trainer import train
 
     cfg = config_from_args(args)
-    train(cfg, args.out)
+    train(cfg, args.out, verbose=fit_verbosity())
     print(f"Model written to {args.out}/model.keras")
     return 0

@@ -46,6 +46,7 @@ import numpy as np
 from atss_tf.config import Config, from_dict, to_dict
 from atss_tf.convert.torch_pickle import CheckpointError, load_state_dict
 from atss_tf.data.coco_names import COCO_CLASS_NAMES
+from atss_tf.errors import UsageError
 
 OFFICIAL_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
@@ -317,13 +318,13 @@ def convert_official(
         A :class:`ConversionResult`.
 
     Raises:
-        FileNotFoundError, CheckpointError (incl. UnsafeCheckpointError),
-        ConversionError.
+        FileNotFoundError, UsageError (output name), CheckpointError (incl.
+        UnsafeCheckpointError; a full disk while writing), ConversionError.
     """
     from atss_tf.model import build_detector
 
     if output is not None and not os.fspath(output).endswith(".keras"):
-        raise ValueError(f"output {os.fspath(output)!r} must end with .keras")
+        raise UsageError(f"output {os.fspath(output)!r} must end with .keras")
     state = strip_prefix(load_state_dict(checkpoint))
     cfg = infer_config(state, base_config, stride_in_1x1)
     model = build_detector(cfg)
@@ -334,6 +335,8 @@ def convert_official(
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"output directory does not exist: {parent}")
-        model.save(output)
+        from atss_tf.training.callbacks import save_model_file
+
+        save_model_file(model, output)
         result.output = output
     return result

@@ -52,13 +52,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from atss_tf.errors import CheckpointError
+
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
-
-
-class CheckpointError(ValueError):
-    """The file is not a readable ``torch.save`` checkpoint; the message says why."""
 
 
 class UnsafeCheckpointError(CheckpointError):

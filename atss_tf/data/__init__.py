@@ -14,8 +14,8 @@ from atss_tf.data.coco import (
     DataReport,
     load_coco,
     read_coco_json,
-    validate_image_file,
 )
+from atss_tf.data.image_files import check_image_file, read_image_header
 from atss_tf.data.pipeline import (
     build_dataset,
     load_split,
@@ -42,6 +42,7 @@ __all__ = [
     "SyntheticPaths",
     "TransformConfig",
     "build_dataset",
+    "check_image_file",
     "boxes_to_original",
     "choose_canvas",
     "decode_image",
@@ -52,11 +53,11 @@ __all__ = [
     "official_resize_size",
     "parse_example",
     "read_coco_json",
+    "read_image_header",
     "read_tfrecords",
     "resolve_category_map",
     "rgb_pixel_mean",
     "scan_report",
     "transform",
-    "validate_image_file",
     "write_tfrecords",
 ]

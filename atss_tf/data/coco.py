@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from atss_tf.data.image_files import (
+    BAD_IMAGE_POLICIES,
+    DEFAULT_MAX_PIXELS,
+    find_bad_images,
+)
+from atss_tf.errors import DataError
 
 logger = logging.getLogger("atss_tf.data")
 
@@ -40,33 +48,41 @@ REPORT_KEYS = {
     "images_without_annotations_skipped": "images without annotations skipped",
     "images_without_annotations_kept": "images without annotations kept",
     "images_without_valid_boxes_skipped": "images whose boxes were all dropped, skipped",
+    "bad_images_skipped": "missing, corrupt, truncated or oversized image files skipped",
     "annotations": "annotations listed",
     "boxes_kept": "boxes kept",
     "crowd_dropped": "crowd boxes dropped",
     "crowd_kept": "crowd boxes kept as ignore regions",
+    "nonfinite_dropped": "boxes with NaN or infinite coordinates dropped",
     "degenerate_dropped": "boxes with width or height <= 0 dropped",
     "boxes_clipped": "boxes clipped to the image",
     "outside_dropped": "boxes outside the image dropped",
     "boxes_truncated": "boxes beyond max_instances dropped",
     "images_truncated": "images with more than max_instances boxes",
 }
-
-
-class DataError(ValueError):
-    """Invalid input data; the message names the file and the field or item."""
+# Counters that mean ground truth or images were lost: logged as a warning.
+LOSSY_KEYS = (
+    "bad_images_skipped",
+    "images_without_valid_boxes_skipped",
+    "nonfinite_dropped",
+    "outside_dropped",
+    "boxes_truncated",
+)
 
 
 @dataclass
 class DataReport:
     """Counts of what the reader kept, changed, dropped or skipped.
 
-    ``counts`` maps the keys of :data:`REPORT_KEYS` to integers. :meth:`log`
-    logs :meth:`summary` once (later calls do nothing), so a dataset built
-    several times does not repeat itself.
+    ``counts`` maps the keys of :data:`REPORT_KEYS` to integers; ``bad_files``
+    lists ``(path, reason)`` of the image files skipped. :meth:`log` logs
+    :meth:`summary` and the bad files once (later calls do nothing), so a
+    dataset built several times does not repeat itself.
     """
 
     source: str = ""
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPORT_KEYS, 0))
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
     _logged: bool = field(default=False, init=False, repr=False, compare=False)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -82,11 +98,20 @@ class DataReport:
         parts = [f"{v} {REPORT_KEYS[k]}" for k, v in self.counts.items() if v]
         return f"{self.source}: " + (", ".join(parts) if parts else "empty")
 
-    def log(self, log: logging.Logger | None = None) -> None:
-        """Log the summary at INFO level, the first time only."""
-        if not self._logged:
-            (log or logger).info("%s", self.summary())
-            self._logged = True
+    def log(self, log: logging.Logger | None = None, max_files: int = 20) -> None:
+        """Log the summary at INFO level (WARNING when something was dropped or
+        skipped) and up to ``max_files`` skipped files with their reasons, the
+        first time only."""
+        if self._logged:
+            return
+        log = log or logger
+        lossy = any(self.counts[k] for k in LOSSY_KEYS)
+        log.log(logging.WARNING if lossy else logging.INFO, "%s", self.summary())
+        for path, reason in self.bad_files[:max_files]:
+            log.warning("skipped %s: %s", path, reason)
+        if len(self.bad_files) > max_files:
+            log.warning("... and %d more skipped image files", len(self.bad_files) - max_files)
+        self._logged = True
 
 
 @dataclass(frozen=True)
@@ -253,8 +278,9 @@ def load_coco(
     training: bool,
     crowd: str = "drop",
     max_instances: int | None = 100,
-    validate_images: bool = False,
-    check_files: bool = True,
+    image_check: str = "quick",
+    bad_images: str = "skip",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CocoDataset:
     """Read a COCO split into records (see the module docstring).
 
@@ -272,18 +298,24 @@ def load_coco(
         training: skip images without boxes (official training behaviour).
         crowd: ``"drop"`` or ``"ignore"``.
         max_instances: boxes kept per image.
-        validate_images: fully decode every kept image with PIL up front (slow
-            on COCO, ~5 ms an image) so a corrupt file fails here, named,
-            instead of inside ``tf.data``.
-        check_files: check that every kept image file exists (cheap).
+        image_check: ``"quick"`` (header, dimensions, truncation, pixel limit;
+            ~0.1 ms a file), ``"full"`` (also decode every pixel with PIL, ~5 ms
+            a COCO image) or ``"none"``: see :mod:`atss_tf.data.image_files`.
+            A file found bad is handled by ``bad_images``.
+        bad_images: ``"skip"`` (count, name in the report's log, go on) or
+            ``"error"`` (raise naming the files).
+        max_pixels: images above ``height * width`` pixels are bad (0: no limit).
 
     Raises:
         DataError: malformed json or fields, an annotation naming an unknown
-            image or category id, missing or corrupt image files. The message
-            names the file and the image / annotation / category id.
+            image or category id, bad image files with ``bad_images="error"``,
+            every image file missing. The message names the file and the image
+            / annotation / category id.
     """
     if crowd not in CROWD_MODES:
         raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
     ann_path = os.fspath(annotations)
     images_dir = os.fspath(images_dir)
     data = read_coco_json(ann_path)
@@ -324,18 +356,55 @@ def load_coco(
         report.add("boxes_kept", rec["boxes"].shape[0])
         records.append(rec)
 
-    if check_files:
-        missing = [r["path"] for r in records if not os.path.isfile(r["path"])]
-        if missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise DataError(
-                f"{len(missing)} image file(s) listed in {ann_path} are missing: {shown}"
-            )
-    if validate_images:
-        for r in records:
-            validate_image_file(r["path"], r["height"], r["width"])
+    records = _drop_bad_images(records, ann_path, image_check, bad_images, max_pixels, report)
     report.log()
     return CocoDataset(records, category_map, report, ann_path, images_dir)
+
+
+def _drop_bad_images(
+    records: list[dict[str, Any]],
+    ann_path: str,
+    image_check: str,
+    bad_images: str,
+    max_pixels: int,
+    report: DataReport,
+) -> list[dict[str, Any]]:
+    """The records whose image file passes ``image_check`` (see :func:`load_coco`)."""
+    if image_check == "none" or not records:
+        return records
+    label = None
+    if image_check == "full" or len(records) >= 20000:
+        label = f"Checking {len(records)} image files of {ann_path} ({image_check})"
+    bad = find_bad_images(
+        [(r["path"], r["height"], r["width"]) for r in records],
+        check=image_check,
+        max_pixels=max_pixels,
+        progress_label=label,
+    )
+    if not bad:
+        return records
+    missing = [
+        records[i]["path"] for i, why in bad.items() if why.startswith("image file not found")
+    ]
+    if len(missing) == len(records):
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(
+            f"none of the {len(records)} image files listed in {ann_path} exists (e.g. {shown}): "
+            "check the images folder"
+        )
+    if bad_images == "error":
+        first = [bad[i] for i in sorted(bad)][:3]
+        raise DataError(
+            f"{len(bad)} bad image file(s) in {ann_path}: "
+            + "; ".join(first)
+            + ("; ..." if len(bad) > 3 else "")
+            + " (data.bad_images=skip skips them)"
+        )
+    report.add("bad_images_skipped", len(bad))
+    report.add("images_kept", -len(bad))
+    report.add("boxes_kept", -sum(len(records[i]["labels"]) for i in bad))
+    report.bad_files.extend((records[i]["path"], bad[i]) for i in sorted(bad))
+    return [r for i, r in enumerate(records) if i not in bad]
 
 
 def _image_record(
@@ -364,6 +433,9 @@ def _image_record(
             report.add("crowd_dropped")
             continue
         x, y, w, h = (float(v) for v in a["bbox"])
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            report.add("nonfinite_dropped")
+            continue
         if w <= 0 or h <= 0:
             report.add("degenerate_dropped")
             continue
@@ -397,40 +469,3 @@ def _image_record(
         "is_crowd": np.asarray(crowds, dtype=bool),
         "areas": np.asarray(areas, dtype=np.float32),
     }
-
-
-IMAGE_MAGIC = {
-    b"\xff\xd8\xff": "jpeg",
-    b"\x89PNG\r\n\x1a\n": "png",
-    b"GIF87a": "gif",
-    b"GIF89a": "gif",
-    b"BM": "bmp",
-}
-
-
-def sniff_image_format(head: bytes) -> str | None:
-    """``"jpeg"``, ``"png"``, ``"gif"``, ``"bmp"`` from the first bytes, else None."""
-    for magic, fmt in IMAGE_MAGIC.items():
-        if head.startswith(magic):
-            return fmt
-    return None
-
-
-def validate_image_file(path: str, height: int | None = None, width: int | None = None) -> None:
-    """Decode ``path`` fully with PIL; ``DataError`` naming the file if it is
-    unreadable, corrupt or truncated, or if its size differs from
-    ``height`` x ``width``."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            w, h = img.size
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...)
-        raise DataError(f"corrupt or unreadable image file {path}: {e}") from None
-    if height is not None and (h, w) != (height, width):
-        raise DataError(
-            f"image file {path} is {h}x{w} (h x w) but its annotations say {height}x{width}"
-        )

@@ -29,7 +29,11 @@ a seed makes the whole stream (order, scales, flips) reproducible.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +89,9 @@ def load_split(config, split: str = "train", **kwargs: Any) -> CocoDataset:
         training=split == "train",
         crowd=config.data.crowd,
         max_instances=config.data.max_instances,
+        image_check=config.data.image_check,
+        bad_images=config.data.bad_images,
+        max_pixels=config.data.max_image_pixels,
         **kwargs,
     )
 
@@ -110,7 +117,8 @@ def load_val_annotations(config) -> tuple[Any, tuple[int, ...]]:
         raise DataError("data.val_annotations or data.val_tfrecords must be set for evaluation")
     coco = COCO()
     coco.dataset = data
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
     return coco, category_map.category_ids
 
 
@@ -170,9 +178,16 @@ def _load_coco_element(elem: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def _tfrecord_records(
-    files: list[str], category_map: CategoryMap, crowd: str, training: bool, seed: int
+    files: list[str],
+    category_map: CategoryMap,
+    crowd: str,
+    training: bool,
+    seed: int,
+    max_pixels: int = 0,
 ) -> tf.data.Dataset:
-    """Parsed, annotation-cleaned records (images still encoded)."""
+    """Parsed, annotation-cleaned records (images still encoded). Records whose
+    image is truncated, not an image or above ``max_pixels`` are skipped, each
+    named on stderr (:func:`tfrecords.encoded_image_problem`)."""
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -196,7 +211,19 @@ def _tfrecord_records(
             **ann,
         }
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    def usable(e):
+        problem = tfrecords.encoded_image_problem(e["encoded"], e["height"], e["width"], max_pixels)
+        ok = tf.equal(problem, "")
+
+        def warn():
+            tf.print(
+                "WARNING atss_tf.data: skipped", e["name"], "-", problem, output_stream=sys.stderr
+            )
+            return ok
+
+        return tf.cond(ok, lambda: ok, warn)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).filter(usable)
     if training:
         ds = ds.filter(lambda e: tf.reduce_any(tf.logical_not(e["is_crowd"])))
     return ds
@@ -280,6 +307,10 @@ def build_dataset(
         _, _, pattern = _split_settings(config, split)
         source = pattern if pattern else load_split(config, split)
     if isinstance(source, CocoDataset):
+        if training and not len(source):
+            raise DataError(
+                f"no usable training image in {source.annotations_path}: {source.report.summary()}"
+            )
         category_map = source.category_map
         ds = _records_dataset(source)
         load = _load_coco_element
@@ -304,7 +335,14 @@ def build_dataset(
                 "skipped" if training else "kept",
                 data.max_instances,
             )
-        ds = _tfrecord_records(files, category_map, data.crowd, training, seed)
+        ds = _tfrecord_records(
+            files, category_map, data.crowd, training, seed, data.max_image_pixels
+        )
+        if training and next(iter(ds.take(1)), None) is None:
+            raise DataError(
+                f"no usable training image in {source} ({len(files)} files): every record "
+                "lacks a non-crowd box or a readable image"
+            )
         load = _load_tfrecord_element
     if category_map.num_classes != config.model.num_classes:
         raise DataError(
@@ -355,3 +393,39 @@ def build_dataset(
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
+
+
+def first_images(config, split: str = "val", count: int = 4) -> tuple[list[np.ndarray], list[str]]:
+    """The first ``count`` decoded images of a split (uint8 RGB) and their names,
+    from its annotations json or its TFRecords, skipping unreadable files."""
+    from atss_tf.data.image_files import read_image_header
+
+    annotations, images_dir, pattern = _split_settings(config, split)
+    out, names = [], []
+    if annotations and images_dir:
+        data = read_coco_json(annotations)
+        for im in data["images"]:
+            path = os.path.join(images_dir, im["file_name"])
+            try:
+                header = read_image_header(path)
+            except DataError:
+                continue
+            if header.height * header.width > (config.data.max_image_pixels or float("inf")):
+                continue
+            out.append(decode_image(tf.io.read_file(path), path).numpy())
+            names.append(im["file_name"])
+            if len(out) == count:
+                break
+    elif pattern:
+        ds = tf.data.TFRecordDataset(tfrecords.match_files(pattern)).map(tfrecords.parse_example)
+        for p in ds:
+            problem = tfrecords.encoded_image_problem(
+                p["encoded"], p["height"], p["width"], config.data.max_image_pixels
+            )
+            if problem.numpy():
+                continue
+            out.append(decode_image(p["encoded"]).numpy())
+            names.append(p["filename"].numpy().decode("utf-8") or p["source_id"].numpy().decode())
+            if len(out) == count:
+                break
+    return out, names

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.data.coco import CROWD_MODES, CategoryMap, DataError, DataReport, sniff_image_format
+from atss_tf.data.coco import CROWD_MODES, CategoryMap, DataError, DataReport
+from atss_tf.data.image_files import sniff_image_format
 
 SHARD_RE = re.compile(r"^(?P<prefix>.*)-\d{5}-of-\d{5}\.tfrecord$")
 
@@ -131,10 +132,17 @@ def make_example(
 
 
 def write_tfrecords(
-    records: Sequence[dict[str, Any]], category_map: CategoryMap, prefix: str, num_shards: int
+    records: Sequence[dict[str, Any]],
+    category_map: CategoryMap,
+    prefix: str,
+    num_shards: int,
+    progress: bool = False,
 ) -> list[str]:
     """Write records round-robin into ``num_shards`` shards (record ``i`` goes to
     shard ``i % num_shards``) plus ``PREFIX.categories.json``.
+
+    Args:
+        progress: show a progress bar.
 
     Returns:
         The shard paths.
@@ -146,9 +154,16 @@ def write_tfrecords(
         os.makedirs(parent, exist_ok=True)
     paths = shard_paths(prefix, num_shards)
     writers = [tf.io.TFRecordWriter(p) for p in paths]
+    bar = None
+    if progress:
+        from atss_tf.progress import progress_bar
+
+        bar = progress_bar(len(records), f"Writing {len(records)} images to {prefix}-*", "image")
     try:
         for i, rec in enumerate(records):
             writers[i % num_shards].write(make_example(rec, category_map).SerializeToString())
+            if bar is not None and ((i + 1) % 64 == 0 or i + 1 == len(records)):
+                bar.update(i + 1)
     finally:
         for w in writers:
             w.close()
@@ -261,20 +276,79 @@ def record_name(parsed: dict[str, tf.Tensor]) -> tf.Tensor:
     )
 
 
+def encoded_image_problem(
+    encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, max_pixels: int
+) -> tf.Tensor:
+    """Why an encoded image must not be decoded, or ``""`` (tf ops, string scalar).
+
+    The in-graph counterpart of :func:`atss_tf.data.image_files.read_image_header`
+    for images inside TFRecords: an unknown format, a missing end-of-image
+    marker (a truncated file), or more than ``max_pixels`` pixels (0: no limit)
+    by the record's ``height`` x ``width`` or, for PNG, by its IHDR chunk.
+    """
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 24), "\0" * 24]), 0, 24)
+    length = tf.strings.length(encoded)
+    tail = tf.strings.substr(encoded, tf.maximum(length - 1024, 0), 1024)
+
+    def contains(marker: bytes) -> tf.Tensor:
+        return tf.size(tf.strings.split(tail, sep=marker)) > 1
+
+    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
+    is_png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
+    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
+    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    complete = (
+        (is_jpeg & contains(b"\xff\xd9"))
+        | (is_png & contains(b"IEND\xaeB`\x82"))
+        | (is_gif & contains(b";"))
+        | is_bmp
+    )
+    ihdr = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.uint8), tf.int64)
+    png_w = ((ihdr[0] * 256 + ihdr[1]) * 256 + ihdr[2]) * 256 + ihdr[3]
+    png_h = ((ihdr[4] * 256 + ihdr[5]) * 256 + ihdr[6]) * 256 + ihdr[7]
+    pixels = tf.maximum(
+        tf.cast(height, tf.int64) * tf.cast(width, tf.int64),
+        tf.where(is_png, png_w * png_h, tf.constant(0, tf.int64)),
+    )
+    too_large = tf.constant(max_pixels > 0) & (pixels > max(max_pixels, 0))
+    known = is_jpeg | is_png | is_gif | is_bmp
+    return tf.where(
+        tf.logical_not(known),
+        "not a JPEG/PNG/GIF/BMP image",
+        tf.where(
+            tf.logical_not(complete),
+            tf.strings.join(
+                ["truncated image (", tf.strings.as_string(length), " bytes, no end marker)"]
+            ),
+            tf.where(
+                too_large,
+                tf.strings.join(
+                    [
+                        tf.strings.as_string(pixels),
+                        f" pixels, above data.max_image_pixels={max_pixels}",
+                    ]
+                ),
+                "",
+            ),
+        ),
+    )
+
+
 def filter_annotations(
     parsed: dict[str, tf.Tensor],
     category_map: CategoryMap,
     crowd: str,
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """Annotations of one parsed record, cleaned like :func:`coco.load_coco`:
-    crowd boxes dropped (``crowd="drop"``) or kept flagged; boxes with width or
+    crowd boxes dropped (``crowd="drop"``) or kept flagged; boxes with a NaN or
+    infinite coordinate dropped; boxes with width or
     height <= 0 dropped; boxes clipped to [0, 1] and dropped if nothing is left;
     category ids mapped to labels 1..C (an unknown id fails naming the record).
 
     Returns:
         ``({"boxes" [k, 4] normalised, "labels" int32 [k], "is_crowd" bool [k]},
-        counts)`` with ``counts`` int64 ``[5]``: crowd dropped, crowd kept,
-        degenerate dropped, clipped, outside dropped.
+        counts)`` with ``counts`` int64 ``[6]``: crowd dropped, crowd kept,
+        degenerate dropped, clipped, outside dropped, non-finite dropped.
     """
     if crowd not in CROWD_MODES:
         raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
@@ -306,6 +380,10 @@ def filter_annotations(
         labels = tf.cast(idx, tf.int32) + 1
 
     keep_crowd = tf.logical_not(is_crowd) if crowd == "drop" else tf.ones_like(is_crowd)
+    crowd_dropped = tf.logical_not(keep_crowd)
+    finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
+    nonfinite = keep_crowd & tf.logical_not(finite)
+    keep_crowd = keep_crowd & finite
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     clipped = tf.clip_by_value(boxes, 0.0, 1.0)
     changed = tf.reduce_any(tf.not_equal(clipped, boxes), axis=-1)
@@ -319,11 +397,12 @@ def filter_annotations(
 
     counts = tf.stack(
         [
-            count(tf.logical_not(keep_crowd)),
+            count(crowd_dropped),
             count(keep & is_crowd),
             count(keep_crowd & degenerate),
             count(keep & changed),
             count(outside),
+            count(nonfinite),
         ]
     )
     out = {
@@ -340,6 +419,7 @@ _COUNT_KEYS = (
     "degenerate_dropped",
     "boxes_clipped",
     "outside_dropped",
+    "nonfinite_dropped",
 )
 
 
@@ -364,7 +444,7 @@ def scan_report(
         report.add("images")
         for key, c in zip(_COUNT_KEYS, counts):
             report.add(key, int(c))
-        report.add("annotations", n + int(counts[0] + counts[2] + counts[4]))
+        report.add("annotations", n + int(counts[0] + counts[2] + counts[4] + counts[5]))
         if training and not (~ann["is_crowd"]).any():
             report.add(
                 "images_without_valid_boxes_skipped"

@@ -88,8 +88,9 @@ def decode_image(encoded: tf.Tensor, name: tf.Tensor | str = "") -> tf.Tensor:
 
     The format is checked from the first bytes before decoding; a file that is
     not an image fails with an error naming ``name`` (a file name or id).
-    Decoding errors of a damaged file of a known format are TensorFlow's own
-    (use ``validate_images=True`` when loading COCO to catch those up front).
+    Decoding errors of a damaged file of a known format are TensorFlow's own;
+    the data readers find damaged files before decoding (``data.image_check``,
+    :mod:`atss_tf.data.image_files`).
     """
     head = tf.strings.substr(encoded, 0, 8)
     known = (

@@ -7,6 +7,6 @@
 :mod:`atss_tf.targets.common`.
 """
 
-from atss_tf.targets.encoder import SELECTORS, TargetEncoder
+from atss_tf.targets.encoder import SELECTORS, TargetEncoder, check_encoder_size
 
-__all__ = ["SELECTORS", "TargetEncoder"]
+__all__ = ["SELECTORS", "TargetEncoder", "check_encoder_size"]

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from atss_tf import boxes as box_ops
-from atss_tf.anchors import AnchorGrid, anchors_for_config
-from atss_tf.config import Config
+from atss_tf.anchors import AnchorGrid, anchors_for_config, level_shape
+from atss_tf.config import Config, ConfigError
 from atss_tf.targets import atss, fcos, iou, topk
 from atss_tf.targets.common import Selector
 
@@ -25,6 +25,40 @@ SELECTORS: dict[str, Selector] = {
     "fcos_center": fcos.select_center,
     "topk": topk.select,
 }
+
+
+# Per-image memory of an [M, A] float32 matrix (IoUs, distances) the selectors
+# build; above it a canvas is refused before any anchor is made.
+MAX_ENCODER_MATRIX_BYTES = 2 * 1024**3
+# The ATSS selector's window codes hold 4 * (locations of a level) below 2**24.
+MAX_ATSS_LEVEL_LOCATIONS = 2**22
+
+
+def check_encoder_size(
+    config: Config, image_size: tuple[int, int], num_gt: int, what: str = "canvas"
+) -> None:
+    """Refuse a canvas the encoder cannot handle, in microseconds, before work.
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. ``data.canvases``), the size and the limit.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    anchors = config.model.anchors
+    cells = [level_shape(height, s) * level_shape(width, s) for s in anchors.strides]
+    num_anchors = sum(cells) * anchors.anchors_per_location
+    matrix = num_anchors * max(int(num_gt), 1) * 4
+    if matrix > MAX_ENCODER_MATRIX_BYTES:
+        raise ConfigError(
+            f"{what} {height}x{width} is too large for the target encoder: {num_anchors:,} "
+            f"anchors x {num_gt} boxes take {matrix / 1024**3:.1f} GiB per image (limit "
+            f"{MAX_ENCODER_MATRIX_BYTES / 1024**3:.0f} GiB); use a smaller canvas or "
+            "data.max_instances"
+        )
+    if config.assigner.type == "atss" and max(cells) > MAX_ATSS_LEVEL_LOCATIONS:
+        raise ConfigError(
+            f"{what} {height}x{width} is too large for the ATSS selector: its finest level has "
+            f"{max(cells):,} locations (limit {MAX_ATSS_LEVEL_LOCATIONS:,})"
+        )
 
 
 class TargetEncoder:
@@ -64,6 +98,7 @@ class TargetEncoder:
     def __init__(self, config: Config, image_size: tuple[int, int]):
         self.config = config.resolved()
         self.image_size = (int(image_size[0]), int(image_size[1]))
+        check_encoder_size(self.config, self.image_size, self.config.data.max_instances)
         self.anchor_grid: AnchorGrid = anchors_for_config(self.image_size, self.config)
         cfg = self.config
         self.selector: Selector = SELECTORS[cfg.assigner.type]

@@ -1,14 +1,42 @@
-"""Callbacks for long runs: exact resume after a kill, a clear stop on NaN."""
+"""Callbacks for long runs: exact resume after a kill, a clear stop on NaN, TensorBoard."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from atss_tf.errors import CheckpointError
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: a process killed or a disk
+    filled mid-write leaves ``path`` as it was and no temporary file.
+
+    Raises:
+        CheckpointError: naming ``path`` and the system's reason.
+    """
+    path = Path(path)
+    tmp = path.with_name("tmp-" + path.name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # h5py reports a full disk as either
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot write {path}: {reason}") from None
+
+
+def save_model_file(model: keras.Model, path: Path) -> None:
+    """``model.save(path)`` (``.keras``) through :func:`write_atomically`."""
+    write_atomically(Path(path), model.save)
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
@@ -42,6 +70,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         return info
 
+    def latest_or_none(self) -> dict | None:
+        try:
+            return self.latest()
+        except (OSError, ValueError):
+            return None
+
     def restore(self, model: keras.Model) -> dict | None:
         """Load the newest checkpoint into ``model`` (optimizer built first)."""
         info = self.latest()
@@ -56,12 +90,17 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         step = int(self.model.optimizer.iterations.numpy())
         name = f"ckpt-{step:08d}.weights.h5"
-        tmp = self.directory / ("tmp-" + name)
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.directory / name)
-        index_tmp = self.directory / "latest.json.tmp"
-        index_tmp.write_text(json.dumps({"step": step, "epoch": epoch + 1, "path": name}))
-        os.replace(index_tmp, self.directory / "latest.json")
+        index = json.dumps({"step": step, "epoch": epoch + 1, "path": name})
+        try:
+            write_atomically(self.directory / name, self.model.save_weights)
+            write_atomically(self.directory / "latest.json", lambda p: p.write_text(index))
+        except CheckpointError as e:
+            previous = self.latest_or_none()
+            kept = f"the previous one ({previous['path']}) is intact" if previous else "none before"
+            raise CheckpointError(
+                f"checkpoint at step {step} not saved: {e}; {kept}. Free some space and run "
+                "the same command again to resume."
+            ) from None
         old = sorted(self.directory.glob("ckpt-*.weights.h5"))[: -self.keep]
         for path in old:
             path.unlink(missing_ok=True)
@@ -79,3 +118,77 @@ class StopOnNaN(keras.callbacks.Callback):
                     "train.base_lr, check the data for degenerate boxes, or resume from "
                     "the last checkpoint."
                 )
+
+
+class TrainingLog(keras.callbacks.Callback):
+    """TensorBoard scalars (and pictures) at the optimizer's step.
+
+    Keras' ``TensorBoard`` callback counts batches from 0 in every ``fit``
+    call, so a resumed run overwrites its own curves, and with
+    ``update_freq=N`` a run shorter than ``N`` steps writes nothing. This one
+    writes, under ``log_dir/train``, every logged loss and the learning rate
+    every ``every_n_steps`` steps and at every epoch end; ``val_*`` values of
+    the epoch (put into ``logs`` by callbacks that run before it, such as
+    :class:`~atss_tf.evaluation.CocoEvalCallback`) go to ``log_dir/validation``
+    without the prefix; :meth:`log_metrics` and :meth:`log_picture` add
+    metrics and pictures outside ``fit``. The step is ``optimizer.iterations``, so curves continue
+    after a resume.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, every_n_steps: int = 50):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.every_n_steps = max(int(every_n_steps), 1)
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def writer(self, name: str) -> tf.summary.SummaryWriter:
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def _learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def _write(self, name: str, step: int, values: dict) -> None:
+        with self.writer(name).as_default(step=step):
+            for key, value in values.items():
+                tf.summary.scalar(key, float(np.asarray(value)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step % self.every_n_steps == 0:
+            values = {k: v for k, v in (logs or {}).items() if not k.startswith("val_")}
+            self._write("train", step, {**values, "learning_rate": self._learning_rate()})
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self._step()
+        logs = logs or {}
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        self._write("train", step, {**train, "learning_rate": self._learning_rate()})
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            self._write("validation", step, val)
+        self.flush()
+
+    def log_metrics(self, step: int, metrics: dict[str, float], name: str = "validation") -> None:
+        """Scalars outside ``fit`` (the final evaluation) at ``step``."""
+        self._write(name, step, metrics)
+        self.flush()
+
+    def log_picture(self, step: int, picture_png: bytes | None, tag: str = "detections") -> None:
+        """A PNG picture (detections on validation images) at ``step``; None: nothing."""
+        if picture_png is None:
+            return
+        with self.writer("validation").as_default(step=step):
+            tf.summary.image(tag, tf.image.decode_png(picture_png, channels=3)[None])
+        self.flush()
+
+    def flush(self) -> None:
+        for w in self._writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        self.flush()
