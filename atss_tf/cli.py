@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     configure_logging()
     try:
-        atss_tf.load_api()
         module = importlib.import_module(_module_name(name))
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

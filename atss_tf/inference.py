@@ -23,16 +23,19 @@ from atss_tf.errors import CheckpointError, DataError, UsageError
 
 
 def load_detector(weights: str | os.PathLike, config: Config | None = None) -> keras.Model:
-    """Load a detector from a ``.keras`` file, or build ``config`` and load a
-    ``.weights.h5`` checkpoint (``atss-tf train`` writes both).
+    """Load a detector from a ``.keras`` file (``model.keras`` and the
+    checkpoints ``atss-tf train`` writes, the output of ``atss-tf convert``),
+    or build ``config`` and load a ``.weights.h5`` file into it.
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: the file is not an ATSS detector or does not fit
             ``config``; the message names the file.
     """
+    import atss_tf
     from atss_tf.model import ATSSDetector
 
+    atss_tf.load_api()  # registers every Keras class (the console script defers it)
     path = Path(weights)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")

@@ -55,17 +55,31 @@ def test_checkpoint_keeps_the_newest_and_restores_optimizer_state(tmp_path):
     x = np.ones((8, 2), np.float32)
     ckpt = ResumableCheckpoint(tmp_path, keep=2)
     model.fit(x, x[:, :1], batch_size=4, epochs=3, verbose=0, callbacks=[ckpt])
-    files = sorted(p.name for p in tmp_path.glob("ckpt-*.weights.h5"))
-    assert files == ["ckpt-00000004.weights.h5", "ckpt-00000006.weights.h5"]
+    files = sorted(p.name for p in tmp_path.glob("ckpt-*.keras"))
+    assert files == ["ckpt-00000004.keras", "ckpt-00000006.keras"]
     assert json.loads((tmp_path / "latest.json").read_text()) == {
         "step": 6,
         "epoch": 3,
-        "path": "ckpt-00000006.weights.h5",
+        "path": "ckpt-00000006.keras",
     }
     fresh = _toy_model(0.1)
     info = ResumableCheckpoint(tmp_path).restore(fresh)
     assert info["step"] == 6 and int(fresh.optimizer.iterations.numpy()) == 6
     np.testing.assert_array_equal(fresh.get_weights()[0], model.get_weights()[0])
-    (tmp_path / "ckpt-00000006.weights.h5").unlink()
+    (tmp_path / "ckpt-00000006.keras").unlink()
     with pytest.raises(FileNotFoundError, match="ckpt-00000006"):
         ResumableCheckpoint(tmp_path).restore(_toy_model(0.1))
+
+
+def test_a_weights_h5_checkpoint_of_an_earlier_run_still_restores(tmp_path):
+    model = _toy_model(0.1)
+    x = np.ones((8, 2), np.float32)
+    model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "ckpt-00000002.weights.h5")
+    (tmp_path / "latest.json").write_text(
+        json.dumps({"step": 2, "epoch": 1, "path": "ckpt-00000002.weights.h5"})
+    )
+    fresh = _toy_model(0.1)
+    assert ResumableCheckpoint(tmp_path).restore(fresh)["step"] == 2
+    assert int(fresh.optimizer.iterations.numpy()) == 2
+    np.testing.assert_array_equal(fresh.get_weights()[0], model.get_weights()[0])

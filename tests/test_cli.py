@@ -64,7 +64,7 @@ def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == 4
 
-    # The last training checkpoint (.weights.h5 + config) is the same model as model.keras.
+    # The last training checkpoint (a .keras with the optimizer) is the same model as model.keras.
     from atss_tf.config import load_config
     from atss_tf.inference import load_detector
 

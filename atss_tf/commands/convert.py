@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     base = load_config(args.config, args.overrides)
     stride = {"auto": None, "true": True, "false": False}[args.stride_in_1x1]
-    result = convert_official(args.checkpoint, args.output, base, stride_in_1x1=stride)
+    result = convert_official(
+        args.checkpoint, args.output, base, stride_in_1x1=stride, progress=True
+    )
     b = result.config.model.backbone
     arch = (
         f"ResNet-{b.depth}"

@@ -61,6 +61,7 @@ def prepare_demo_config(args, out: Path):
             num_classes=cfg.model.num_classes,
             object_size=DEMO_OBJECT_SIZE,
             split=split,
+            progress=True,
         )
         splits[split] = (paths.annotations, paths.images_dir)
     cfg.data.train_annotations, cfg.data.train_images = splits["train"]

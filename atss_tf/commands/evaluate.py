@@ -26,15 +26,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from atss_tf.inference import load_detector
-    from atss_tf.trainer import make_evaluate_fn
-
     cfg = config_from_args(args)
     if not (cfg.data.val_annotations or cfg.data.val_tfrecords):
         raise ConfigError(
             f"{args.config} sets neither data.val_annotations nor data.val_tfrecords: "
             "evaluate needs a validation set"
         )
+    from atss_tf.inference import load_detector
+    from atss_tf.trainer import make_evaluate_fn
+
     model = load_detector(args.weights, cfg)
     # The model's own settings (normalisation, compat, post-processing) with the
     # data settings of --config.

@@ -75,6 +75,12 @@ def picture_names(paths: list[Path]) -> list[str]:
 
 def run(args) -> int:
     from atss_tf.config import load_config
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    config = load_config(args.config, args.overrides) if args.config else None
+    paths = image_paths(args.images)
+
     from atss_tf.data.transforms import TransformConfig
     from atss_tf.inference import (
         check_aspect_ratio,
@@ -85,16 +91,12 @@ def run(args) -> int:
         save_detection_grid,
     )
 
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    config = load_config(args.config, args.overrides) if args.config else None
     model = load_detector(args.weights, config)
     cfg = config or model.config
     names = class_names(cfg)
     params = TransformConfig.from_config(cfg, training=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = image_paths(args.images)
     pictures = dict(zip(paths, picture_names(paths)))
     records, failed = [], []
     # Chunks bound memory; images of a chunk are grouped by canvas inside detect.

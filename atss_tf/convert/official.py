@@ -303,8 +303,12 @@ def convert_official(
     output: str | os.PathLike | None = None,
     base_config: Config | None = None,
     stride_in_1x1: bool | None = None,
+    progress: bool = False,
 ) -> ConversionResult:
     """Read an official ATSS checkpoint, build the matching model, copy the weights.
+
+    With ``progress``, a progress bar counts the four phases (read, build,
+    copy, write).
 
     Args:
         checkpoint: ``torch.save`` file (``{"model": state_dict}`` or a bare
@@ -325,11 +329,22 @@ def convert_official(
 
     if output is not None and not os.fspath(output).endswith(".keras"):
         raise UsageError(f"output {os.fspath(output)!r} must end with .keras")
+    bar = None
+    if progress:
+        from atss_tf.progress import progress_bar
+
+        bar = progress_bar(4, f"Converting {os.fspath(checkpoint)}", "phase")
     state = strip_prefix(load_state_dict(checkpoint))
+    if bar is not None:
+        bar.update(1)
     cfg = infer_config(state, base_config, stride_in_1x1)
     model = build_detector(cfg)
+    if bar is not None:
+        bar.update(2)
     tensors, params, ignored = load_official_weights(model, state)
     result = ConversionResult(model, cfg, tensors, params, ignored)
+    if bar is not None:
+        bar.update(3)
     if output is not None:
         output = os.fspath(output)
         parent = os.path.dirname(os.path.abspath(output))
@@ -339,4 +354,6 @@ def convert_official(
 
         save_model_file(model, output)
         result.output = output
+    if bar is not None:
+        bar.update(4, finalize=True)
     return result

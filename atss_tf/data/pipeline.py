@@ -216,9 +216,8 @@ def _tfrecord_records(
         ok = tf.equal(problem, "")
 
         def warn():
-            tf.print(
-                "WARNING atss_tf.data: skipped", e["name"], "-", problem, output_stream=sys.stderr
-            )
+            message = tf.strings.join(["WARNING atss_tf.data: skipped ", e["name"], ": ", problem])
+            tf.print(message, output_stream=sys.stderr)
             return ok
 
         return tf.cond(ok, lambda: ok, warn)

@@ -122,6 +122,7 @@ def generate_synthetic_coco(
     split: str = "train",
     jpeg_quality: int = 90,
     categories: Sequence[tuple[int, str]] | None = None,
+    progress: bool = False,
 ) -> SyntheticPaths:
     """Write ``out_dir/{split}/NNNNNN.jpg`` and ``out_dir/{split}.json``.
 
@@ -141,6 +142,7 @@ def generate_synthetic_coco(
             ``(8, 0.9 * shorter side)``, capped at the image's shorter side.
         split: names the image folder and the json.
         jpeg_quality: PIL JPEG quality.
+        progress: show a progress bar.
 
     Returns:
         :class:`SyntheticPaths` with the json path and the image folder.
@@ -156,7 +158,16 @@ def generate_synthetic_coco(
     images_dir = os.path.join(out_dir, split)
     os.makedirs(images_dir, exist_ok=True)
     images, annotations = [], []
+    bar = None
+    if progress:
+        from atss_tf.progress import progress_bar
+
+        bar = progress_bar(
+            num_images, f"Generating {num_images} {split} images in {images_dir}", "image"
+        )
     for i in range(num_images):
+        if bar is not None:
+            bar.update(i)
         rng = np.random.default_rng([seed, i])
         h, w = _draw_size(image_size, rng)
         short = min(h, w)
@@ -199,6 +210,8 @@ def generate_synthetic_coco(
         file_name = f"{i + 1:06d}.jpg"
         img.save(os.path.join(images_dir, file_name), format="JPEG", quality=jpeg_quality)
         images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})
+    if bar is not None:
+        bar.update(num_images, finalize=True)
     data = {
         "info": {"description": "atss-tf synthetic shapes", "seed": seed},
         "images": images,

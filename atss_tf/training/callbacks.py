@@ -42,14 +42,19 @@ def save_model_file(model: keras.Model, path: Path) -> None:
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Save model *and* optimizer state at every epoch end; restore on train begin.
 
-    A weights file of a compiled Keras 3 model holds the optimizer variables
-    (``iterations``, momentum buffers), so restoring it resumes at the same
-    step with the same optimizer state. Files are written to a temporary name
-    and renamed, so a process killed mid-write leaves the previous checkpoint
-    intact. ``fit`` callers pass ``initial_epoch=resume_epoch(...)``.
+    A checkpoint is the compiled model saved as ``.keras``: it holds the
+    optimizer variables (``iterations``, momentum buffers), so restoring it
+    with ``load_weights`` resumes at the same step with the same optimizer
+    state, and ``atss-tf predict --weights`` takes it as it is. ``.keras`` and
+    not ``.weights.h5``: Keras builds the HDF5 file in memory and writes a zip
+    with Python's own I/O, so a full disk is an ``OSError``, where h5py writing
+    to a full disk crashes the process on exit. Files are written to a
+    temporary name and renamed, so a process killed mid-write leaves the
+    previous checkpoint intact. ``.weights.h5`` checkpoints of earlier runs
+    still restore.
 
     Args:
-        directory: where ``ckpt-<step>.weights.h5`` and ``latest.json`` live.
+        directory: where ``ckpt-<step>.keras`` and ``latest.json`` live.
         keep: number of checkpoints kept.
     """
 
@@ -89,10 +94,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         step = int(self.model.optimizer.iterations.numpy())
-        name = f"ckpt-{step:08d}.weights.h5"
+        name = f"ckpt-{step:08d}.keras"
         index = json.dumps({"step": step, "epoch": epoch + 1, "path": name})
         try:
-            write_atomically(self.directory / name, self.model.save_weights)
+            write_atomically(self.directory / name, self.model.save)
             write_atomically(self.directory / "latest.json", lambda p: p.write_text(index))
         except CheckpointError as e:
             previous = self.latest_or_none()
@@ -101,7 +106,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"checkpoint at step {step} not saved: {e}; {kept}. Free some space and run "
                 "the same command again to resume."
             ) from None
-        old = sorted(self.directory.glob("ckpt-*.weights.h5"))[: -self.keep]
+        ckpts = [*self.directory.glob("ckpt-*.keras"), *self.directory.glob("ckpt-*.weights.h5")]
+        old = sorted(ckpts, key=lambda p: p.name.split(".")[0])[: -self.keep]
         for path in old:
             path.unlink(missing_ok=True)
 
