@@ -160,12 +160,11 @@ def test_predict_processes_every_good_file_and_names_each_bad_one(
         "a__one.png.detections.png",
         "b__one.jpg.detections.png",
     ]
-    records = json.loads((out / "detections.json").read_text())
-    assert {r["image"] for r in records} == {
-        str(a / "one.jpg"),
-        str(a / "one.png"),
-        str(b / "one.jpg"),
-    }
+    records = json.loads((out / "detections.json").read_text())  # untrained: few boxes
+    good = [a / "one.jpg", a / "one.png", b / "one.jpg"]
+    assert {r["image"] for r in records} <= {str(p) for p in good}
+    for path in good:
+        assert f"{path}: " in captured.out
     assert "(3 of 7 images)" in captured.out
 
 
