@@ -251,7 +251,8 @@ def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
     (its data report is logged now, once)."""
     from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
 
-    source = load_split(cfg, "val") if cfg.data.val_annotations else None
+    from_json = cfg.data.val_annotations and not cfg.data.val_tfrecords  # as build_dataset
+    source = load_split(cfg, "val") if from_json else None
     val_ds = build_dataset(cfg, "val", source=source)
     coco, category_ids = load_val_annotations(cfg)
     evaluator = CocoEvaluator(coco, category_ids)

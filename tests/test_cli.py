@@ -70,15 +70,17 @@ def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys
 
     canvas = np.random.default_rng(0).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
     from_keras = load_detector(out / "model.keras")(canvas)
-    from_ckpt = load_detector(
-        out / "checkpoints" / latest["path"], load_config(out / "config.yaml")
-    )(canvas)
+    from_ckpt = load_detector(out / "checkpoints" / latest["path"])(canvas)
+    weights = tmp_path / "w.weights.h5"
+    load_detector(out / "model.keras").save_weights(weights)
+    from_weights = load_detector(weights, load_config(out / "config.yaml"))(canvas)
     for key in from_keras:
-        np.testing.assert_allclose(
-            np.asarray(from_ckpt[key]), np.asarray(from_keras[key]), atol=1e-5
-        )
+        for other in (from_ckpt, from_weights):
+            np.testing.assert_allclose(
+                np.asarray(other[key]), np.asarray(from_keras[key]), atol=1e-5
+            )
     with pytest.raises(ValueError, match="pass --config"):
-        load_detector(out / "checkpoints" / latest["path"])
+        load_detector(weights)
 
     # atss-tf evaluate on the demo's model: metrics equal pycocotools on its json.
     eval_dir = tmp_path / "eval"

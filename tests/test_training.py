@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -106,7 +108,8 @@ def test_short_run_learns(data_root, tmp_path):
 
 
 def _read_optimizer_state(path: Path) -> list[np.ndarray]:
-    with h5py.File(path, "r") as f:
+    """The optimizer variables stored in a ``.keras`` checkpoint's weights file."""
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
         group = f["optimizer"]["vars"]
         return [np.asarray(group[k]) for k in sorted(group, key=int)]
 
