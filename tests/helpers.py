@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atss_tf.config import Config, load_config
+from atss_tf.config import Config, load_config, save_config
 from atss_tf.data.synthetic import generate_synthetic_coco
 
 TINY_OVERRIDES = [
@@ -64,3 +64,14 @@ def with_synthetic_data(
     )
     cfg.data.val_annotations, cfg.data.val_images = str(root / "val.json"), str(root / "val")
     return cfg
+
+
+def one_step_config_file(root: Path, with_val: bool = False) -> Path:
+    """A YAML config of a one-step, one-epoch tiny run on synthetic data under
+    ``root`` (no validation set unless ``with_val``); returns its path."""
+    cfg = with_synthetic_data(tiny_config(["train.max_iters=1", "train.steps_per_epoch=1"]), root)
+    if not with_val:
+        cfg.data.val_annotations = cfg.data.val_images = None
+    path = Path(root) / "one_step.yaml"
+    save_config(cfg, path)
+    return path

@@ -24,7 +24,7 @@ from atss_tf.data.tfrecords import match_files, read_tfrecords, scan_report, wri
 from atss_tf.errors import CheckpointError
 from atss_tf.inference import detect, load_detector, read_image
 from atss_tf.model import build_detector
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers import one_step_config_file, tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,6 +120,27 @@ def test_an_oversized_png_inside_tfrecords_is_skipped_before_decoding(huge_png, 
     assert "image/filename=huge.png: 400000000 pixels, above data.max_image_pixels" in (
         capfd.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "fmt, options",
+    [
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("JPEG", {"exif": b"Exif\x00\x00" + bytes(9000)}),  # SOF beyond the first 4 KB
+        ("PNG", {}),
+        ("GIF", {}),
+        ("BMP", {}),
+    ],
+)
+def test_header_dimensions_agree_with_pil(tmp_path, fmt, options):
+    from atss_tf.data.image_files import read_image_header
+
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.new("RGB", (123, 45), (9, 99, 199)).save(path, fmt, **options)
+    header = read_image_header(path)
+    assert (header.height, header.width) == (45, 123)
+    assert read_image_header(path.read_bytes()) == header
 
 
 # --------------------------------------------------------------------------- #
@@ -360,12 +381,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
-    cfg = with_synthetic_data(
-        tiny_config(["train.max_iters=1", "train.steps_per_epoch=1"]), tmp_path
-    )
-    cfg.data.val_annotations = cfg.data.val_images = None
-    config = tmp_path / "c.yaml"
-    save_config(cfg, config)
+    config = one_step_config_file(tmp_path)
     run = tmp_path / "run"
     assert cli.main(["train", "--config", str(config), "--out", str(run)]) == 0
     ckpt = run / "checkpoints"

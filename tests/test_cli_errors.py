@@ -13,7 +13,7 @@ import atss_tf
 from atss_tf import cli
 from atss_tf.config import save_config
 from atss_tf.model import build_detector
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers import one_step_config_file, tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo_shapes.yaml")
@@ -79,30 +79,11 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
 def test_make_tfrecords_errors_go_to_stderr(capsys, tmp_path):
     bad = tmp_path / "a.json"
     bad.write_text("{not json")
-    rc, out, err = run_cli(
-        capsys,
-        "make-tfrecords",
-        "--annotations",
-        bad,
-        "--images",
-        tmp_path,
-        "--out",
-        tmp_path / "o",
-    )
+    args = ["make-tfrecords", "--annotations", bad, "--images", tmp_path, "--out", tmp_path / "o"]
+    rc, out, err = run_cli(capsys, *args)
     assert rc == 1 and out == ""
     assert_one_line_error(err, "a.json: malformed JSON at line 1")
-    rc, out, err = run_cli(
-        capsys,
-        "make-tfrecords",
-        "--annotations",
-        bad,
-        "--images",
-        tmp_path,
-        "--out",
-        "o",
-        "--shards",
-        "0",
-    )
+    rc, out, err = run_cli(capsys, *args, "--shards", "0")
     assert rc == 2 and out == ""
     assert_one_line_error(err, "--shards must be >= 1")
 
@@ -209,12 +190,7 @@ def test_fit_and_progress_bars_do_not_flood_a_log(monkeypatch, capsys):
 
 
 def test_resuming_with_a_different_config_is_refused_and_keeps_the_run(capsys, tmp_path):
-    cfg = with_synthetic_data(
-        tiny_config(["train.max_iters=1", "train.steps_per_epoch=1"]), tmp_path
-    )
-    cfg.data.val_annotations = cfg.data.val_images = None
-    config = tmp_path / "c.yaml"
-    save_config(cfg, config)
+    config = one_step_config_file(tmp_path)
     run = tmp_path / "run"
     assert run_cli(capsys, "train", "--config", config, "--out", run)[0] == 0
     saved = (run / "config.yaml").read_text()

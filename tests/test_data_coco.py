@@ -241,7 +241,8 @@ def test_truncated_jpeg_is_found_by_the_quick_check(tmp_path):
     assert len(load_coco(a, d, training=True, image_check="none").records) == 2
     ds = load_coco(a, d, training=True)
     assert [r["image_id"] for r in ds.records] == [1]
-    assert "2.jpg: unreadable jpeg header (Truncated" in ds.report.bad_files[0][1]
+    assert "corrupt image file" in ds.report.bad_files[0][1]
+    assert ds.report.bad_files[0][0].endswith("2.jpg")
     with pytest.raises(DataError, match=r"corrupt image file .*2\.jpg"):
         load_coco(a, d, training=True, bad_images="error")
 

@@ -5,10 +5,10 @@ file, and decoding a huge one (a 1 MB PNG of 20000 x 20000 pixels) takes
 gigabytes. Both are found here from a file's first and last bytes, before
 any pixel is decoded:
 
-* ``"quick"`` check: the header (format and dimensions, read by PIL without
-  decoding), the pixel limit, the annotated size, and the end-of-image marker
-  that a truncated file lacks (JPEG ``FFD9``, PNG ``IEND``, GIF ``;``, BMP
-  file size). About 0.1 ms a file.
+* ``"quick"`` check: the header (format and dimensions, parsed from the first
+  4 KB of a PNG or JPEG, else read by PIL without decoding), the pixel limit,
+  the annotated size, and the end-of-image marker that a truncated file lacks
+  (JPEG ``FFD9``, PNG ``IEND``, GIF ``;``, BMP file size). About 20 us a file.
 * ``"full"`` check: also decodes every pixel with PIL (about 5 ms a COCO image);
   it finds damage in the middle of a file too.
 
@@ -21,7 +21,6 @@ import io
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from atss_tf.config import BAD_IMAGE_POLICIES, DEFAULT_MAX_PIXELS, IMAGE_CHECKS
@@ -101,6 +100,33 @@ def _pil_size(source) -> tuple[int, int]:
                     Image.MAX_IMAGE_PIXELS = limit
 
 
+# JPEG start-of-frame markers (C0..CF without DHT C4, JPG C8, DAC CC): they hold the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_HEAD_BYTES = 4096
+
+
+def _quick_size(fmt: str, head: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` parsed from the first bytes of a PNG (IHDR) or a JPEG
+    (first start-of-frame segment), or None (then PIL reads the header). About
+    ten times faster than opening the file with PIL."""
+    if fmt == "png" and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if fmt == "jpeg":
+        pos = 2
+        while pos + 9 <= len(head) and head[pos] == 0xFF:
+            marker = head[pos + 1]
+            if marker in _JPEG_SOF:
+                return (
+                    int.from_bytes(head[pos + 7 : pos + 9], "big"),
+                    int.from_bytes(head[pos + 5 : pos + 7], "big"),
+                )
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            pos += 2 + int.from_bytes(head[pos + 2 : pos + 4], "big")
+    return None
+
+
 def read_image_header(data: bytes | str | os.PathLike, name: str | None = None) -> ImageHeader:
     """Format and dimensions of an encoded image (bytes or a path), without decoding.
 
@@ -110,13 +136,12 @@ def read_image_header(data: bytes | str | os.PathLike, name: str | None = None) 
     """
     if isinstance(data, bytes):
         name = name or "<bytes>"
-        head, tail, size = data[:32], data[-_TAIL_BYTES:], len(data)
-        stream = io.BytesIO(data)
+        head, tail, size = data[:_HEAD_BYTES], data[-_TAIL_BYTES:], len(data)
     else:
         name = name or os.fspath(data)
         try:
             with open(data, "rb") as f:
-                head = f.read(32)
+                head = f.read(_HEAD_BYTES)
                 size = f.seek(0, os.SEEK_END)
                 f.seek(max(size - _TAIL_BYTES, 0))
                 tail = f.read()
@@ -124,17 +149,18 @@ def read_image_header(data: bytes | str | os.PathLike, name: str | None = None) 
             raise DataError(f"image file not found: {name}") from None
         except OSError as e:
             raise DataError(f"cannot read image file {name}: {e.strerror or e}") from None
-        stream = None
     fmt = sniff_image_format(head)
     if fmt is None:
         raise DataError(f"{name} is not a JPEG/PNG/GIF/BMP file (first bytes {head[:8]!r})")
-    try:
-        width, height = _pil_size(stream if stream is not None else data)
-    except Exception as e:  # PIL raises many types for a damaged header
-        raise DataError(f"corrupt image file {name}: unreadable {fmt} header ({e})") from None
+    wh = _quick_size(fmt, head)
+    if wh is None or min(wh) <= 0:
+        try:
+            wh = _pil_size(io.BytesIO(data) if isinstance(data, bytes) else data)
+        except Exception as e:  # PIL raises many types for a damaged header
+            raise DataError(f"corrupt image file {name}: unreadable {fmt} header ({e})") from None
     if not _is_complete(fmt, tail, size, head):
         raise DataError(f"corrupt image file {name}: truncated {fmt} ({size} bytes, no end marker)")
-    return ImageHeader(fmt, int(height), int(width))
+    return ImageHeader(fmt, int(wh[1]), int(wh[0]))
 
 
 def check_pixel_limit(height: int, width: int, max_pixels: int, name: str) -> None:
@@ -185,7 +211,7 @@ def find_bad_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress_label: str | None = None,
 ) -> dict[int, str]:
-    """Check many files in parallel threads (the work is I/O and PIL, not Python).
+    """Check many files (:func:`check_image_file`), optionally with a progress bar.
 
     Args:
         items: ``(path, height, width)``; ``None`` sizes are not compared.
@@ -213,12 +239,13 @@ def find_bad_images(
         from atss_tf.progress import progress_bar
 
         bar = progress_bar(len(items), progress_label)
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 4)) as pool:
-        for i, reason in enumerate(pool.map(one, items, chunksize=64)):
-            if reason is not None:
-                bad[i] = reason
-            if bar is not None and (i + 1) % 256 == 0:
-                bar.update(i + 1)
+    # Sequential: measured faster than a thread pool (the GIL, ~60 us of work a file).
+    for i, item in enumerate(items):
+        reason = one(item)
+        if reason is not None:
+            bad[i] = reason
+        if bar is not None and (i + 1) % 1024 == 0:
+            bar.update(i + 1)
     if bar is not None:
         bar.update(len(items), finalize=True)
     return bad
