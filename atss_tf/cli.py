@@ -20,7 +20,7 @@ import sys
 import traceback
 
 import atss_tf
-from atss_tf.errors import AtssError
+from atss_tf.errors import AtssError, first_line
 
 COMMANDS = {
     "demo": "Generate the synthetic dataset, train a small model on it, evaluate, draw predictions.",
@@ -87,11 +87,11 @@ def configure_logging() -> None:
 
 def one_line(error: BaseException) -> str:
     """The message of ``error`` on one line (TensorFlow errors: their first line)."""
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
     if isinstance(error, OSError) and error.filename and error.strerror:
-        message = f"{error.filename}: {error.strerror}"
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return " ".join(lines) if isinstance(error, AtssError) else (lines[0] if lines else "")
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, AtssError):
+        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return first_line(error)
 
 
 def _is_tf_error(error: BaseException) -> bool:

@@ -33,3 +33,11 @@ class DataError(AtssError):
 
 class CheckpointError(AtssError):
     """A checkpoint or model file cannot be read or written; the message names it."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (TensorFlow and h5py
+    messages run over many lines), or its type name."""
+    message = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -19,7 +19,7 @@ import tensorflow as tf
 from atss_tf.config import DEFAULT_MAX_PIXELS, Config
 from atss_tf.data.image_files import check_pixel_limit, read_image_header
 from atss_tf.data.transforms import TransformConfig, boxes_to_original, decode_image, transform
-from atss_tf.errors import CheckpointError, DataError, UsageError
+from atss_tf.errors import CheckpointError, DataError, UsageError, first_line
 
 
 def load_detector(weights: str | os.PathLike, config: Config | None = None) -> keras.Model:
@@ -43,9 +43,7 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as e:  # Keras raises many types for a foreign or damaged file
-            raise CheckpointError(
-                f"cannot load {path} as a Keras model: {_first_line(e)}"
-            ) from None
+            raise CheckpointError(f"cannot load {path} as a Keras model: {first_line(e)}") from None
         if not isinstance(model, ATSSDetector):
             raise CheckpointError(
                 f"{path} holds a Keras {type(model).__name__}, not an ATSS detector "
@@ -63,15 +61,10 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
             model.load_weights(path)
         except Exception as e:
             raise CheckpointError(
-                f"cannot load {path} into the model of the given config: {_first_line(e)}"
+                f"cannot load {path} into the model of the given config: {first_line(e)}"
             ) from None
         return model
     raise UsageError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def class_names(config: Config) -> list[str]:
@@ -149,8 +142,9 @@ def check_aspect_ratio(height: int, width: int, params: TransformConfig, name: s
     scale = min(max(params.min_size) / short, params.max_size / long)
     if short * scale < MIN_RESIZED_SIDE:
         raise DataError(
-            f"{name} is {height}x{width} (h x w): resized to at most {params.max_size} pixels "
-            f"its shorter side would be {short * scale:.1f} px, below {MIN_RESIZED_SIDE}; "
+            f"{name} is {height}x{width} (h x w): after the test resize (longer side at most "
+            f"{params.max_size} px) its shorter side would be {short * scale:.1f} px, below "
+            f"{MIN_RESIZED_SIDE}; "
             "crop it into tiles of a less extreme aspect ratio"
         )
 

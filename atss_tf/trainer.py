@@ -233,6 +233,7 @@ def train(
             epochs=epochs,
             steps_per_epoch=cfg.train.steps_per_epoch,
             initial_epoch=initial_epoch,
+            shuffle=False,  # the dataset shuffles; Keras would warn that it cannot
             callbacks=all_callbacks,
             verbose=fit_verbosity() if verbose == "auto" else verbose,
         )

@@ -109,10 +109,10 @@ def _check_evaluation(out: Path, annotations: str) -> dict:
 
 
 def _check_pictures(out: Path, images: Path) -> None:
-    names = sorted(p.stem for p in images.iterdir())
-    assert sorted(p.stem.replace("_detections", "") for p in out.glob("*.png")) == names
+    names = sorted(f"{p.name}.detections.png" for p in images.iterdir())
+    assert sorted(p.name for p in out.glob("*.png")) == names
     records = json.loads((out / "detections.json").read_text())
-    assert {Path(r["image"]).stem for r in records} <= set(names)
+    assert {f"{Path(r['image']).name}.detections.png" for r in records} <= set(names)
 
 
 def test_readme_training_on_coco(coco80, tmp_path):

@@ -397,7 +397,7 @@ def build_dataset(
 def first_images(config, split: str = "val", count: int = 4) -> tuple[list[np.ndarray], list[str]]:
     """The first ``count`` decoded images of a split (uint8 RGB) and their names,
     from its annotations json or its TFRecords, skipping unreadable files."""
-    from atss_tf.data.image_files import read_image_header
+    from atss_tf.data.image_files import check_image_file
 
     annotations, images_dir, pattern = _split_settings(config, split)
     out, names = [], []
@@ -406,10 +406,8 @@ def first_images(config, split: str = "val", count: int = 4) -> tuple[list[np.nd
         for im in data["images"]:
             path = os.path.join(images_dir, im["file_name"])
             try:
-                header = read_image_header(path)
+                check_image_file(path, max_pixels=config.data.max_image_pixels)
             except DataError:
-                continue
-            if header.height * header.width > (config.data.max_image_pixels or float("inf")):
                 continue
             out.append(decode_image(tf.io.read_file(path), path).numpy())
             names.append(im["file_name"])

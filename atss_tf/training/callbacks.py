@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.errors import CheckpointError
+from atss_tf.errors import CheckpointError, first_line
 
 
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
@@ -30,7 +30,7 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # h5py reports a full disk as either
         tmp.unlink(missing_ok=True)
-        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise CheckpointError(f"cannot write {path}: {reason}") from None
 
 
