@@ -46,23 +46,20 @@ def add_arguments(parser) -> None:
 
 def image_paths(items: list[str]) -> list[Path]:
     """The image files named or held (non-recursively) by ``items``, in order, once each."""
-    paths: list[Path] = []
+    found: dict[Path, Path] = {}  # resolved -> as given: each file once, first spelling
     for item in items:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+            listed = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.exists():
-            paths.append(p)
+            listed = [p]
         else:
             raise FileNotFoundError(f"image not found: {p}")
-    if not paths:
+        for q in listed:
+            found.setdefault(q.resolve(), q)
+    if not found:
         raise UsageError("no images found in " + " ".join(items))
-    seen, unique = set(), []
-    for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique
+    return list(found.values())
 
 
 def picture_names(paths: list[Path]) -> list[str]:
