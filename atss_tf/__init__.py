@@ -4,18 +4,29 @@ Importing the package registers every serialisable class (the detector and its
 layers, the optimizer and its schedule) with Keras, so
 ``import atss_tf; keras.saving.load_model("model.keras")`` needs nothing else.
 
-The data flow, with the public entry points of each step::
+The data flow, one module (or package) per step::
 
-    load_config("configs/....yaml", ["key=value"])          -> Config
-    build_dataset(cfg, "train", encoder_factory)             -> tf.data (x, y) per canvas
-        TargetEncoder(cfg, canvas): ATSS targets in tf.data (XLA)
-    build_training_model(cfg) / build_detector(cfg)          -> ATSSDetector (keras.Model)
-    model.fit(...) / model.evaluate(...) / model.predict(...)
-    detect(model, [rgb, ...])                                -> boxes in original pixels
-    draw_detections(image, detections, names)                -> matplotlib picture
+    config.py        load_config("configs/....yaml", ["key=value"])   -> Config
+    data/            sources (COCO json + images, TFRecords) -> one parsed
+                     example -> cleaning.py -> transforms (resize, flip, pad to a
+                     canvas) -> pipeline.build_dataset: tf.data per canvas
+    anchors.py       the anchor grid of a canvas (NumPy constants)
+    targets/         TargetEncoder.from_config(cfg, canvas): ATSS (or IoU, FCOS,
+                     TOPK) sample selection -> dense targets, XLA, inside tf.data
+    model/           build_detector(cfg) -> ATSSDetector (keras.Model): backbone,
+                     FPN, head; its .keras file holds a DetectorConfig only
+    losses.py        focal + GIoU + centerness, called by the train step
+    postprocess.py   decode, threshold, class-aware NMS, called by the predict step
+    boxes.py         the one definition of box maths (IoU, coders, inclusive shift)
+    training/        fit.train(cfg, out): optimizer, schedule, callbacks, resume
+    evaluation.py    COCO metrics of a model on a validation set
+    inference.py     load_detector, detect(model, [rgb, ...]) -> original pixels
+    visualization.py draw_detections / save_detection_grid (matplotlib)
+    convert/         official PyTorch checkpoints and keras.applications weights
+    commands/, cli.py  the atss-tf command line
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import importlib as _importlib
 import os as _os
@@ -32,7 +43,6 @@ __all__ = [
     "build_dataset",
     "build_detector",
     "build_training_model",
-    "class_names",
     "detect",
     "draw_detections",
     "generate_synthetic_coco",
@@ -49,19 +59,13 @@ _API = {
     "atss_tf.config": ("Config", "ConfigError", "load_config", "save_config"),
     "atss_tf.data.pipeline": ("build_dataset",),
     "atss_tf.data.synthetic": ("generate_synthetic_coco",),
-    "atss_tf.inference": (
-        "class_names",
-        "detect",
-        "draw_detections",
-        "load_detector",
-        "read_image",
-        "save_detection_grid",
-    ),
+    "atss_tf.inference": ("detect", "load_detector", "read_image"),
     "atss_tf.model": ("ATSSDetector", "build_detector"),
     "atss_tf.targets": ("TargetEncoder",),
-    "atss_tf.trainer": ("build_training_model", "train"),
+    "atss_tf.training.fit": ("build_training_model", "train"),
     "atss_tf.training.optimizer": ("CoupledSGD",),
     "atss_tf.training.schedule": ("WarmupMultiStepSchedule",),
+    "atss_tf.visualization": ("draw_detections", "save_detection_grid"),
 }
 
 

@@ -129,16 +129,19 @@ class AnchorGrid:
         return np.repeat(np.asarray(self.strides, np.float32), self.num_per_level)
 
 
-def generate_anchors(
-    image_size: tuple[int, int], cfg: AnchorConfig, official_shapes: bool = False
-) -> AnchorGrid:
+def generate_anchors(image_size: tuple[int, int], cfg: AnchorConfig) -> AnchorGrid:
     """Anchors for a padded canvas ``image_size = (height, width)``.
 
-    ``cfg.alignment`` must be concrete (use ``Config.resolved()``).
-    ``official_shapes``: see :func:`anchor_shapes` (on with ``official_compat``).
+    ``cfg.alignment`` and ``cfg.official_shapes`` (see :func:`anchor_shapes`)
+    must be concrete, as in every :class:`~atss_tf.config.Config` (which
+    fills them from ``official_compat``).
     """
-    if cfg.alignment is None:
-        raise ValueError("AnchorConfig.alignment is None: pass Config.resolved().model.anchors")
+    if cfg.alignment is None or cfg.official_shapes is None:
+        raise ValueError(
+            "AnchorConfig.alignment / official_shapes unset: take model.anchors of a "
+            "Config, which resolves them from official_compat"
+        )
+    official_shapes = bool(cfg.official_shapes)
     height, width = int(image_size[0]), int(image_size[1])
     all_boxes, shapes, counts, offsets = [], [], [], []
     for stride in cfg.strides:
@@ -172,9 +175,3 @@ def generate_anchors(
         offsets=tuple(offsets),
         image_size=(height, width),
     )
-
-
-def anchors_for_config(image_size: tuple[int, int], config) -> AnchorGrid:
-    """Anchors for a full :class:`~atss_tf.config.Config` (compat settings resolved)."""
-    cfg = config.resolved()
-    return generate_anchors(image_size, cfg.model.anchors, official_shapes=cfg.official_compat)

@@ -7,18 +7,39 @@ broadcast like numpy: ``iou(a[:, None], b[None])`` is a pairwise matrix.
 
 The authors' code works in inclusive pixel indices; where that changes a number
 (loss geometry, ATSS_SPEC §0.3) the caller passes ``inclusive=True`` /
-``offset=0.5`` rather than a second copy of the formula.
+``offset=0.5`` rather than a second copy of the formula, and
+:func:`to_inclusive` / :func:`from_inclusive` are the one place the 1-pixel
+shift between the two conventions is written.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 # Decode clamps dw/dh (after dividing by their weights) at log(1000 / 16) like
 # the authors' BoxCoder; there is no lower clamp.
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+def _inclusive_shift(boxes):
+    if isinstance(boxes, np.ndarray):
+        return np.array([0.0, 0.0, 1.0, 1.0], boxes.dtype)
+    return tf.constant([0.0, 0.0, 1.0, 1.0], boxes.dtype)
+
+
+def to_inclusive(boxes):
+    """Continuous ``[..., 4]`` boxes -> the authors' inclusive pixel indices
+    (``x2 - 1``, ``y2 - 1``): a box covering pixels 0..9 is ``[0, 10)`` here and
+    ``[0, 9]`` there. NumPy in, NumPy out; tensors in, tensors out."""
+    return boxes - _inclusive_shift(boxes)
+
+
+def from_inclusive(boxes):
+    """The inverse of :func:`to_inclusive` (``x2 + 1``, ``y2 + 1``)."""
+    return boxes + _inclusive_shift(boxes)
 
 
 def area(boxes: tf.Tensor) -> tf.Tensor:
@@ -57,9 +78,7 @@ def giou_loss(pred: tf.Tensor, target: tf.Tensor, inclusive: bool = False) -> tf
     as the authors' code does, i.e. shrunk by 1 px at x2 and y2 (ATSS_SPEC §0.3).
     """
     if inclusive:
-        shrink = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=pred.dtype)
-        pred = pred - shrink
-        target = target - shrink
+        pred, target = to_inclusive(pred), to_inclusive(target)
     px1, py1, px2, py2 = tf.unstack(pred, axis=-1)
     tx1, ty1, tx2, ty2 = tf.unstack(target, axis=-1)
     px2 = tf.maximum(px1, px2)
@@ -116,14 +135,16 @@ def clip_boxes(boxes: tf.Tensor, height, width) -> tf.Tensor:
     return tf.stack([x1, y1, x2, y2], axis=-1)
 
 
-def xywh_to_xyxy(boxes):
-    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` (works on numpy and tensors)."""
-    return tf.concat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:4]], axis=-1)
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """COCO ``[..., 4]`` ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` (NumPy, host side)."""
+    boxes = np.asarray(boxes)
+    return np.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:4]], axis=-1)
 
 
-def xyxy_to_xywh(boxes):
-    """``[x1, y1, x2, y2]`` -> COCO ``[x, y, w, h]``."""
-    return tf.concat([boxes[..., :2], boxes[..., 2:4] - boxes[..., :2]], axis=-1)
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` ``[x1, y1, x2, y2]`` -> COCO ``[x, y, w, h]`` (NumPy, host side)."""
+    boxes = np.asarray(boxes)
+    return np.concatenate([boxes[..., :2], boxes[..., 2:4] - boxes[..., :2]], axis=-1)
 
 
 class BoxCoder:
@@ -137,8 +158,10 @@ class BoxCoder:
         weights: (wx, wy, ww, wh), default (10, 10, 5, 5).
     """
 
-    def __init__(self, weights=(10.0, 10.0, 5.0, 5.0)):
+    def __init__(self, weights=(10.0, 10.0, 5.0, 5.0), inclusive: bool = False):
         self.weights = tuple(float(w) for w in weights)
+        # Not used by the coding itself; losses and post-processing read it.
+        self.inclusive = bool(inclusive)
 
     def encode(self, boxes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
         """``boxes``, ``anchors``: ``[..., 4]`` -> deltas ``[..., 4]``.
@@ -195,12 +218,13 @@ class PointCoder:
 
     Args:
         anchor_scale: anchor side / stride (``AnchorConfig.octave_base_scale``).
-        offset: pixels subtracted from each distance before dividing.
+        inclusive: the authors' inclusive-pixel geometry (distances 0.5 px shorter).
     """
 
-    def __init__(self, anchor_scale: float = 8.0, offset: float = 0.0):
+    def __init__(self, anchor_scale: float = 8.0, inclusive: bool = False):
         self.anchor_scale = float(anchor_scale)
-        self.offset = float(offset)
+        self.inclusive = bool(inclusive)
+        self.offset = 0.5 if inclusive else 0.0
 
     def _stride_and_centre(self, anchors):
         aw = anchors[..., 2] - anchors[..., 0]
@@ -229,23 +253,23 @@ def make_coder(
 ):
     """The coder named by ``HeadConfig.regression`` ("box" or "point").
 
-    ``inclusive`` only matters for POINT (the BOX coding is identical in both
-    geometries, ATSS_SPEC §0).
+    ``inclusive`` changes POINT's distances (the BOX coding is identical in
+    both geometries, ATSS_SPEC §0); both coders carry it as ``.inclusive`` for
+    the losses and post-processing that decode with them.
     """
     if regression == "box":
-        return BoxCoder(box_weights)
+        return BoxCoder(box_weights, inclusive)
     if regression == "point":
-        return PointCoder(anchor_scale, 0.5 if inclusive else 0.0)
+        return PointCoder(anchor_scale, inclusive)
     raise ValueError(f"unknown regression type {regression!r}: expected 'box' or 'point'")
 
 
-def coder_for_config(config):
-    """The coder a :class:`~atss_tf.config.Config` asks for: targets, losses and
-    post-processing all call this, so they always encode and decode alike."""
-    cfg = config.resolved()
+def coder_for_model(model_config):
+    """The coder a :class:`~atss_tf.config.ModelConfig` asks for: targets,
+    losses and post-processing all call this, so they encode and decode alike."""
     return make_coder(
-        cfg.model.head.regression,
-        cfg.model.box_weights,
-        anchor_scale=cfg.model.anchors.octave_base_scale,
-        inclusive=bool(cfg.loss.inclusive_geometry),
+        model_config.head.regression,
+        model_config.box_weights,
+        anchor_scale=model_config.anchors.octave_base_scale,
+        inclusive=bool(model_config.inclusive_geometry),
     )

@@ -5,15 +5,24 @@ A YAML file mirrors the dataclass tree; unknown keys are errors that name the
 key (``model.head.num_conv``), and ``--set model.head.num_convs=2`` style
 overrides are parsed as YAML scalars and type-checked the same way.
 
-The ``official_compat`` switch (ATSS_SPEC §0) groups the three places where the
+The ``official_compat`` switch (ATSS_SPEC §0) groups the places where the
 authors' inclusive-pixel code differs from clean continuous geometry. Each can
-also be set on its own; ``None`` means "follow ``official_compat``" and
-:meth:`Config.resolved` turns those into concrete values.
+also be set on its own; ``None`` means "follow ``official_compat``" and is
+made concrete once, when the :class:`Config` is built (``Config(...)``,
+:func:`from_dict`, :func:`load_config`). Everything downstream reads concrete
+values from its own section: anchors from ``model.anchors``, the selectors
+from ``assigner``, the losses from ``loss``, post-processing from
+``postprocess``, and box coding from ``model``.
+
+:class:`DetectorConfig` is the part a saved model carries (network, anchors,
+normalisation, box geometry, post-processing, class names, test-time input
+size): no data paths and no schedule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
@@ -50,6 +59,9 @@ class AnchorConfig:
     #   "center": j*s + s/2 (geometric), "official": j*s + s/2 + 0.5 (authors' code),
     #   "mmdet": j*s.  None: "official" if official_compat else "center".
     alignment: str | None = None
+    # The authors' rounded anchor sides for #A = 9 (atss_tf.anchors.anchor_shapes).
+    # None: follow official_compat.
+    official_shapes: bool | None = None
 
     @property
     def anchors_per_location(self) -> int:
@@ -131,6 +143,10 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (102.9801, 115.9465, 122.7717)
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # Inclusive-pixel box geometry like the authors' code (ATSS_SPEC §0.3): POINT
+    # distances, GIoU areas and centerness measured on inclusive boxes, and the
+    # authors' clamp of decoded boxes. None: follow official_compat.
+    inclusive_geometry: bool | None = None
 
 
 @dataclass
@@ -138,9 +154,6 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     reg_loss_weight: float = 2.0
-    # Measure GIoU areas and centerness distances on inclusive-pixel boxes like
-    # the authors' code (ATSS_SPEC §0.3). None: follow official_compat.
-    inclusive_geometry: bool | None = None
 
 
 @dataclass
@@ -213,21 +226,62 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Reproduce the authors' numbers exactly (ATSS_SPEC §0): official anchor
     # alignment and shapes, centre margin 0.51, inclusive loss geometry.
+    # Settings left None follow this switch; they are filled in when the
+    # Config is built, so set it there (Config(official_compat=True), YAML,
+    # --set official_compat=true), not by assignment afterwards.
     official_compat: bool = False
 
-    def resolved(self) -> Config:
-        """A copy with every ``None`` compat setting made concrete, validated."""
-        cfg = from_dict(to_dict(self))
-        compat = cfg.official_compat
-        anchors = cfg.model.anchors
-        if anchors.alignment is None:
+    def __post_init__(self) -> None:
+        self._fill_compat(overwrite=False)
+
+    def _fill_compat(self, overwrite: bool) -> None:
+        compat = self.official_compat
+        anchors, model, assigner = self.model.anchors, self.model, self.assigner
+        if overwrite or anchors.alignment is None:
             anchors.alignment = "official" if compat else "center"
-        if cfg.assigner.center_margin is None:
-            cfg.assigner.center_margin = 0.51 if compat else 0.01
-        if cfg.loss.inclusive_geometry is None:
-            cfg.loss.inclusive_geometry = compat
-        validate(cfg)
-        return cfg
+        if overwrite or anchors.official_shapes is None:
+            anchors.official_shapes = compat
+        if overwrite or model.inclusive_geometry is None:
+            model.inclusive_geometry = compat
+        if overwrite or assigner.center_margin is None:
+            assigner.center_margin = 0.51 if compat else 0.01
+
+    def set_official_compat(self, on: bool) -> None:
+        """Set ``official_compat`` and every setting it groups (overwriting them)."""
+        self.official_compat = bool(on)
+        self._fill_compat(overwrite=True)
+
+    def detector_config(self) -> DetectorConfig:
+        """The part of this config a saved detector carries (a copy)."""
+        return DetectorConfig(
+            model=_copy(self.model),
+            postprocess=_copy(self.postprocess),
+            test_size=max(self.data.min_size),
+            max_size=self.data.max_size,
+            canvases=self.data.canvases,
+        )
+
+
+@dataclass
+class DetectorConfig:
+    """What defines a detector and its outputs: what a ``.keras`` file holds.
+
+    ``model`` (architecture, anchors, normalisation, box geometry, class
+    names) and ``postprocess`` come from the training config's sections of the
+    same names; ``test_size`` (shorter side), ``max_size`` and ``canvases``
+    are the test-time input geometry (``data.min_size``'s largest value,
+    ``data.max_size``, ``data.canvases``). Every compat setting is concrete.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    test_size: int = 800
+    max_size: int = 1333
+    canvases: tuple[tuple[int, int], ...] = ((896, 1344), (1344, 896))
+
+
+def _copy(section: Any) -> Any:
+    return _build(type(section), to_dict(section))
 
 
 def _finite(v: Any) -> bool:
@@ -235,7 +289,7 @@ def _finite(v: Any) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    """Check every value of a resolved config.
+    """Check every value of a config.
 
     Raises:
         ConfigError: listing each invalid ``key=value`` with what is expected,
@@ -516,9 +570,63 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Keys that moved: old dotted key -> new dotted key. Files written with the old
+# key still load (the value moves, with a warning naming both keys).
+MOVED_KEYS = {"loss.inclusive_geometry": "model.inclusive_geometry"}
+
+
+def _move_keys(data: dict) -> dict:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = data.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict) and new_key not in target:
+                target[new_key] = value
+            logging.getLogger("atss_tf").warning(
+                "config key %r is now %r; please rename it", old, new
+            )
+    return data
+
+
 def from_dict(data: dict | None) -> Config:
-    """Build a :class:`Config` from nested dicts; unknown keys raise ConfigError."""
-    return _build(Config, data or {})
+    """Build a :class:`Config` from nested dicts; unknown keys raise ConfigError.
+    Settings left None follow ``official_compat`` (filled in here)."""
+    return _build(Config, _move_keys(data or {}))
+
+
+def detector_config_from_dict(data: dict) -> DetectorConfig:
+    """Build and validate a :class:`DetectorConfig`; unknown keys or invalid
+    values raise ConfigError."""
+    dc = _build(DetectorConfig, data)
+    validate_detector_config(dc)
+    return dc
+
+
+def validate_detector_config(dc: DetectorConfig) -> None:
+    """Check a :class:`DetectorConfig` with the rules of :func:`validate`.
+
+    Raises:
+        ConfigError: as :func:`validate`; also when a compat setting is None.
+    """
+    unset = [
+        key
+        for key, value in (
+            ("model.anchors.alignment", dc.model.anchors.alignment),
+            ("model.anchors.official_shapes", dc.model.anchors.official_shapes),
+            ("model.inclusive_geometry", dc.model.inclusive_geometry),
+        )
+        if value is None
+    ]
+    if unset:
+        raise ConfigError(
+            f"{', '.join(unset)} unset in a detector config: build it with "
+            "Config(...).detector_config(), which resolves official_compat"
+        )
+    data = DataConfig(min_size=(dc.test_size,), max_size=dc.max_size, canvases=dc.canvases)
+    validate(Config(model=dc.model, postprocess=dc.postprocess, data=data))
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
@@ -600,7 +708,7 @@ def load_config(
     try:
         data = apply_overrides(data, overrides)
         cfg = from_dict(data)
-        validate(cfg.resolved())
+        validate(cfg)
     except ConfigError as e:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{e}") from None

@@ -1,4 +1,4 @@
-"""COCO evaluation through pycocotools, and a Keras callback that runs it.
+"""COCO evaluation through pycocotools, and running a model over a validation set.
 
 Detections enter in *original image* coordinates (continuous xyxy) with
 contiguous class ids 1..C; they leave as COCO results (``[x, y, w, h]``,
@@ -13,11 +13,16 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from atss_tf.boxes import xyxy_to_xywh
+from atss_tf.config import Config
 
 METRIC_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -70,7 +75,7 @@ class CocoEvaluator:
                     f"got {sorted(set(cls.tolist()))}"
                 )
             xyxy = boxes[b, :n].astype(np.float64)
-            xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+            xywh = xyxy_to_xywh(xyxy)
             for box, score, c in zip(xywh, scores[b, :n], cls):
                 self.detections.append(
                     {
@@ -103,31 +108,63 @@ class CocoEvaluator:
         return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
 
 
-class CocoEvalCallback(keras.callbacks.Callback):
-    """Runs ``evaluate_fn()`` every ``every_n_epochs`` epochs and logs ``val_<metric>``.
+def evaluate_model(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    evaluator: CocoEvaluator,
+    num_images: int | None = None,
+) -> dict[str, float]:
+    """Run ``model.predict_on_batch`` over a validation dataset and score with COCO.
 
-    ``evaluate_fn`` returns the metric dict (see :func:`atss_tf.trainer.evaluate_model`);
-    the values land in ``logs`` so History and a :class:`~atss_tf.training.callbacks.
-    TrainingLog` placed *after* this callback record them. With ``picture_fn``
-    (returning PNG bytes) and ``training_log``, a picture of detections is
-    logged at each evaluation too.
+    The dataset yields ``inputs`` dicts (``images``, ``image_info``, ``image_id``)
+    as built by :func:`atss_tf.data.pipeline.build_dataset` with ``split="val"``;
+    the model returns boxes in original image pixels (it is given
+    ``image_info``). With ``num_images``, a progress bar counts the images.
     """
+    from atss_tf.progress import progress_bar
 
-    def __init__(self, evaluate_fn, every_n_epochs: int = 1, picture_fn=None, training_log=None):
-        super().__init__()
-        self.evaluate_fn = evaluate_fn
-        self.every_n_epochs = int(every_n_epochs)
-        self.picture_fn = picture_fn
-        self.training_log = training_log
-        self.history: list[dict[str, float]] = []
+    evaluator.reset()
+    bar = (
+        progress_bar(num_images, f"Evaluating on {num_images} images", "image")
+        if num_images
+        else None
+    )
+    done = 0
+    for element in dataset:
+        inputs = element[0] if isinstance(element, tuple) else element
+        det = model.predict_on_batch(inputs)
+        evaluator.add(
+            inputs["image_id"].numpy(),
+            det["boxes"],
+            det["scores"],
+            det["classes"],
+            det["num_detections"],
+        )
+        done += int(inputs["image_id"].shape[0])
+        if bar is not None:
+            bar.update(min(done, num_images))
+    return evaluator.evaluate()
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.every_n_epochs <= 0 or (epoch + 1) % self.every_n_epochs:
-            return
-        metrics = self.evaluate_fn()
-        self.history.append(metrics)
-        if logs is not None:
-            logs.update({f"val_{k}": v for k, v in metrics.items()})
-        if self.picture_fn is not None and self.training_log is not None:
-            step = int(self.model.optimizer.iterations.numpy())
-            self.training_log.log_picture(step, self.picture_fn())
+
+def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
+    """A closure that evaluates ``model`` on the validation set of ``cfg``'s
+    data settings (its data report is logged now, once)."""
+    from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
+    from atss_tf.inference import with_model_settings
+
+    cfg = with_model_settings(cfg, model)
+
+    from_json = cfg.data.val_annotations and not cfg.data.val_tfrecords  # as build_dataset
+    source = load_split(cfg, "val") if from_json else None
+    val_ds = build_dataset(cfg, "val", source=source)
+    coco, category_ids = load_val_annotations(cfg)
+    evaluator = CocoEvaluator(coco, category_ids)
+    num_images = len(source) if source is not None else None
+
+    def evaluate_fn() -> dict[str, float]:
+        metrics = evaluate_model(model, val_ds, evaluator, num_images)
+        if out is not None:
+            evaluator.write(out / "detections.json")
+        return metrics
+
+    return evaluate_fn

@@ -7,6 +7,7 @@ pixels (continuous xyxy) with contiguous labels 1..C and their names.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.config import DEFAULT_MAX_PIXELS, Config
+from atss_tf.config import DEFAULT_MAX_PIXELS, Config, TrainConfig
 from atss_tf.data.image_files import check_pixel_limit, read_image_header
-from atss_tf.data.transforms import TransformConfig, boxes_to_original, decode_image, transform
+from atss_tf.data.transforms import TransformConfig, decode_image, transform
 from atss_tf.errors import CheckpointError, DataError, UsageError, first_line
 
 
@@ -54,9 +55,9 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
         if config is None:
             raise UsageError(f"{path} holds weights only: pass --config with the model's config")
         # Training checkpoints hold optimizer variables too: load into a compiled twin.
-        from atss_tf.trainer import build_training_model
+        from atss_tf.training.fit import build_training_model
 
-        model = build_training_model(config)
+        model = build_training_model(dataclasses.replace(config, train=TrainConfig()))
         try:
             model.load_weights(path)
         except Exception as e:
@@ -65,12 +66,6 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
             ) from None
         return model
     raise UsageError(f"{path}: expected a .keras model or a .weights.h5 checkpoint")
-
-
-def class_names(config: Config) -> list[str]:
-    """Names of labels 1..C (``model.class_names`` or ``class <k>``)."""
-    names = list(config.model.class_names)
-    return names or [f"class {k}" for k in range(1, config.model.num_classes + 1)]
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -149,6 +144,22 @@ def check_aspect_ratio(height: int, width: int, params: TransformConfig, name: s
         )
 
 
+def with_model_settings(cfg: Config, model: keras.Model) -> Config:
+    """``cfg``'s data settings with ``model``'s own ``model`` and
+    ``postprocess`` sections (normalisation, padding value, class names): how
+    a saved model runs on the data a config names."""
+    dc = model.detector_config
+    return dataclasses.replace(cfg, model=dc.model, postprocess=dc.postprocess)
+
+
+def test_transform(model: keras.Model, config: Config | None = None) -> TransformConfig:
+    """The test-time resize and canvases: the model's own, or ``config``'s
+    data settings (with the model's padding value)."""
+    if config is None:
+        return TransformConfig.for_detector(model.detector_config)
+    return TransformConfig.from_config(with_model_settings(config, model), training=False)
+
+
 def padded_batch_size(count: int, batch_size: int) -> int:
     """The batch a group of ``count`` images runs as: the next power of two,
     at most ``batch_size``. Each canvas then compiles at most
@@ -174,7 +185,8 @@ def detect(
         model: an :class:`~atss_tf.model.ATSSDetector`.
         images: ``uint8 [h, w, 3]`` RGB arrays (or float in 0..255; see
             :func:`check_detect_input` for what is refused and why).
-        config: transform settings; default the model's own.
+        config: a config whose data settings (test size, canvases, pixel limit)
+            replace the model's own test-time input settings.
         batch_size: images per model call.
         names: how errors name the images (default ``image <index>``).
 
@@ -184,12 +196,12 @@ def detect(
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-    cfg = config or model.config
-    params = TransformConfig.from_config(cfg, training=False)
+    params = test_transform(model, config)
+    max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
     prepared = []
     for k, image in enumerate(images):
         name = names[k] if names is not None else f"image {k}"
-        image = check_detect_input(image, name, cfg.data.max_image_pixels)
+        image = check_detect_input(image, name, max_pixels)
         check_aspect_ratio(image.shape[0], image.shape[1], params, name)
         t = transform(tf.convert_to_tensor(image), tf.zeros([0, 4]), params)
         prepared.append((int(t["canvas_index"]), t["image"], t["image_info"]))
@@ -205,7 +217,7 @@ def detect(
             det = model.predict_on_batch(
                 {"images": tf.stack([prepared[i][1] for i in rows]), "image_info": info}
             )
-            boxes = boxes_to_original(det["boxes"], info).numpy()
+            boxes = np.asarray(det["boxes"])
             for j, i in enumerate(chunk):
                 n = int(det["num_detections"][j])
                 results[i] = {
@@ -214,78 +226,3 @@ def detect(
                     "classes": np.asarray(det["classes"][j, :n], np.int32),
                 }
     return results
-
-
-def draw_detections(
-    image: np.ndarray,
-    detections: dict[str, np.ndarray],
-    names: Sequence[str],
-    score_threshold: float = 0.3,
-    ax=None,
-    title: str | None = None,
-):
-    """Draw boxes with class names and scores on ``image`` with matplotlib.
-
-    Returns the matplotlib ``Axes`` (a new figure when ``ax`` is None), so a
-    notebook shows it inline and scripts can ``savefig``.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6 * image.shape[0] / max(image.shape[1], 1)))
-    ax.imshow(image)
-    colours = plt.get_cmap("tab10")
-    for box, score, cls in zip(detections["boxes"], detections["scores"], detections["classes"]):
-        if score < score_threshold:
-            continue
-        x1, y1, x2, y2 = (float(v) for v in box)
-        colour = colours((int(cls) - 1) % 10)
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1.5))
-        ax.text(
-            x1,
-            y1,
-            f"{names[int(cls) - 1]} {score:.2f}",
-            color="white",
-            fontsize=7,
-            va="bottom",
-            bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0),
-        )
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8)
-    return ax
-
-
-def save_detection_grid(
-    images: Sequence[np.ndarray],
-    detections: Sequence[dict[str, np.ndarray]],
-    names: Sequence[str],
-    path: str | os.PathLike,
-    score_threshold: float = 0.3,
-    titles: Sequence[str] | None = None,
-) -> None:
-    """Save a grid of pictures with their detections drawn to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i < n:
-            draw_detections(
-                images[i],
-                detections[i],
-                names,
-                score_threshold,
-                ax=ax,
-                title=titles[i] if titles else None,
-            )
-        else:
-            ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from atss_tf import boxes as box_ops
-from atss_tf.config import Config
+from atss_tf.config import LossConfig
 
 
 def sigmoid_focal_loss(
@@ -73,7 +73,8 @@ def atss_losses(
     outputs: dict[str, tf.Tensor],
     targets: dict[str, tf.Tensor],
     anchors: tf.Tensor,
-    config: Config,
+    coder: box_ops.BoxCoder | box_ops.PointCoder,
+    loss_config: LossConfig,
 ) -> dict[str, tf.Tensor]:
     """The three ATSS losses of one replica (ATSS_SPEC §5, official ``loss.py``).
 
@@ -87,7 +88,9 @@ def atss_losses(
             ground truth of the positives (any finite or non-finite filler
             elsewhere). Other keys are ignored.
         anchors: ``[A, 4]`` float32 anchors, continuous xyxy.
-        config: a :class:`~atss_tf.config.Config`; compat settings are resolved here.
+        coder: the model's box coder (:func:`atss_tf.boxes.coder_for_model`);
+            its ``inclusive`` flag sets the GIoU and centerness geometry.
+        loss_config: the ``loss`` section (focal alpha / gamma, GIoU weight).
 
     Returns:
         Float32 scalars ``"cls_loss"``, ``"reg_loss"`` (already times
@@ -98,10 +101,8 @@ def atss_losses(
         positive anchor in the global batch the regression and centerness
         losses are exactly 0 with finite gradients.
     """
-    cfg = config.resolved()
-    loss_cfg = cfg.loss
-    inclusive = bool(loss_cfg.inclusive_geometry)
-    coder = box_ops.coder_for_config(cfg)
+    loss_cfg = loss_config
+    inclusive = coder.inclusive
 
     cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
     box_regression = tf.cast(outputs["box_regression"], tf.float32)

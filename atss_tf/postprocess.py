@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import PostprocessConfig
 
 # Candidates are processed by the NMS in score order, this many at a time.
 NMS_TILE = 256
@@ -177,7 +177,8 @@ def class_aware_nms(
 def postprocess(
     outputs: dict[str, tf.Tensor],
     anchor_grid: AnchorGrid,
-    config: Config,
+    coder: box_ops.BoxCoder | box_ops.PointCoder,
+    config: PostprocessConfig,
     image_sizes: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """Final detections of a batch (ATSS_SPEC §7).
@@ -187,11 +188,12 @@ def postprocess(
             ``"cls_logits"`` ``[B, A, C]``, ``"box_regression"`` ``[B, A, 4]``,
             ``"centerness"`` ``[B, A, 1]`` (logits).
         anchor_grid: the anchors of the canvas the outputs belong to.
-        config: a :class:`~atss_tf.config.Config` (``postprocess`` settings,
-            coder); compat settings are resolved here.
+        coder: the model's box coder (:func:`atss_tf.boxes.coder_for_model`);
+            with ``coder.inclusive`` boxes are clamped as the authors do.
+        config: the ``postprocess`` section.
         image_sizes: optional ``[B, 2]`` (height, width) of the valid, unpadded
             image of each batch item in canvas pixels; boxes are clipped to it
-            (``[0, w] x [0, h]``; with ``loss.inclusive_geometry`` the authors'
+            (``[0, w] x [0, h]``; with ``model.inclusive_geometry`` the authors'
             clamp, see below). None clips to the canvas ``anchor_grid.image_size``.
 
     Returns:
@@ -205,11 +207,8 @@ def postprocess(
     ``max_detections``-th best (``kthvalue``), i.e. more rows when scores tie
     exactly at that rank; here the first ``max_detections`` in rank order.
     """
-    cfg = config.resolved()
-    pp = cfg.postprocess
-    inclusive = bool(cfg.loss.inclusive_geometry)
-    coder = box_ops.coder_for_config(cfg)
-    shift = tf.constant([0.0, 0.0, 1.0, 1.0])
+    pp = config
+    inclusive = coder.inclusive
     # The anchor count is static even where a traced batch dimension made the
     # flattened outputs' shape unknown (Keras' predict_function).
     num_anchors = anchor_grid.num_anchors
@@ -245,7 +244,9 @@ def postprocess(
             # x1 in [0, w - 1] and x2 in [1, w]. This differs from the continuous
             # clip only where x1 > w - 1 or x2 < 1 (boxes in or beyond the last
             # pixel row/column), which keep 1 px instead of collapsing.
-            decoded = box_ops.clip_boxes(decoded - shift, height - 1.0, width - 1.0) + shift
+            decoded = box_ops.from_inclusive(
+                box_ops.clip_boxes(box_ops.to_inclusive(decoded), height - 1.0, width - 1.0)
+            )
         else:
             decoded = box_ops.clip_boxes(decoded, height, width)
         all_boxes.append(decoded)

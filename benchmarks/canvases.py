@@ -42,7 +42,7 @@ def main() -> None:
 
     from atss_tf.config import load_config
     from atss_tf.targets import TargetEncoder
-    from atss_tf.trainer import build_training_model
+    from atss_tf.training.fit import build_training_model
 
     cfg = load_config(
         args.config,
@@ -58,7 +58,9 @@ def main() -> None:
         wh = rng.uniform(0.05, 0.4, (args.batch, 10, 2)) * [w, h]
         boxes = np.concatenate([xy, xy + wh], -1).astype("float32")
         labels = rng.integers(1, cfg.model.num_classes + 1, (args.batch, 10)).astype("int32")
-        y = TargetEncoder(cfg, canvas).encode_batch(boxes, labels, np.ones((args.batch, 10), bool))
+        y = TargetEncoder.from_config(cfg, canvas).encode_batch(
+            boxes, labels, np.ones((args.batch, 10), bool)
+        )
         return images, {k: v.numpy() for k, v in y.items()}
 
     canvases = [tuple(c) for c in cfg.data.canvases]

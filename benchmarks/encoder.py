@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = rng.integers(1, 81, (batch, num)).astype(np.int32)
     mask = np.ones((batch, num), bool)
 
-    windowed = TargetEncoder(cfg, (size, size))
-    dense = TargetEncoder(cfg, (size, size))
+    windowed = TargetEncoder.from_config(cfg, (size, size))
+    dense = TargetEncoder.from_config(cfg, (size, size))
     dense.selector = dense_atss  # read when its functions are first traced
     a = windowed.encode_batch(boxes, labels, mask)
     b = dense.encode_batch(boxes, labels, mask)

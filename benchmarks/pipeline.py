@@ -64,7 +64,9 @@ def pipeline_images_per_second(num_images: int) -> dict:
                 f"data.train_images={split.images_dir}",
             ],
         )
-        ds = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=0)
+        ds = build_dataset(
+            cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=0
+        )
         options = tf.data.Options()
         options.threading.private_threadpool_size = 1
         options.autotune.enabled = False
@@ -91,7 +93,7 @@ def train_step_seconds(steps: int) -> dict[bool, float]:
 
     from atss_tf.config import load_config
     from atss_tf.targets import TargetEncoder
-    from atss_tf.trainer import build_training_model
+    from atss_tf.training.fit import build_training_model
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (2, 512, 512, 3)).astype("float32")
@@ -106,7 +108,7 @@ def train_step_seconds(steps: int) -> dict[bool, float]:
             None, [f"model.head.use_group_norm={str(gn).lower()}", "data.batch_size=2"]
         )
         models[gn] = build_training_model(cfg)
-        targets = TargetEncoder(cfg, (512, 512)).encode_batch(boxes, labels, labels > 0)
+        targets = TargetEncoder.from_config(cfg, (512, 512)).encode_batch(boxes, labels, labels > 0)
         for _ in range(2):  # warm-up: tracing
             models[gn].train_on_batch(images, targets)
     times: dict[bool, list[float]] = {True: [], False: []}

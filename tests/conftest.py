@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atss_tf.boxes import from_inclusive
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +60,7 @@ def official_legacy_checkpoint() -> Path:
 
 def inclusive_to_continuous(boxes: np.ndarray) -> np.ndarray:
     """Official inclusive-pixel boxes -> this project's continuous boxes (+1 on x2, y2)."""
-    out = np.array(boxes, dtype=np.float32, copy=True)
-    out[..., 2:4] += 1.0
-    return out
+    return from_inclusive(np.array(boxes, dtype=np.float32))
 
 
 LEVELS = (3, 4, 5, 6, 7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from atss_tf.boxes import coder_for_model
 from atss_tf.config import Config, load_config, save_config
 from atss_tf.data.synthetic import generate_synthetic_coco
 
@@ -75,3 +76,13 @@ def one_step_config_file(root: Path, with_val: bool = False) -> Path:
     path = Path(root) / "one_step.yaml"
     save_config(cfg, path)
     return path
+
+
+def loss_args(cfg: Config) -> tuple:
+    """``(coder, loss section)``: the trailing arguments of ``atss_losses`` for ``cfg``."""
+    return coder_for_model(cfg.model), cfg.loss
+
+
+def postprocess_args(cfg: Config) -> tuple:
+    """``(coder, postprocess section)``: the trailing arguments of ``postprocess``."""
+    return coder_for_model(cfg.model), cfg.postprocess

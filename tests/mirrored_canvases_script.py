@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from atss_tf.data.pipeline import build_dataset  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
-from atss_tf.trainer import build_training_model, make_strategy  # noqa: E402
+from atss_tf.training.fit import build_training_model, make_strategy  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 from tests.journeys import SPARSE_CATEGORIES, make_dataset  # noqa: E402
 from tests.test_canvases import THREE_CANVASES  # noqa: E402
@@ -29,7 +29,9 @@ for key, value in data.items():
     setattr(cfg.data, key, value)
 
 # Six fixed batches (all three canvases among them), taken once so both models see the same.
-train = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=0)
+train = build_dataset(
+    cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=0
+)
 batches = list(train.take(6))
 canvases = sorted({tuple(x["images"].shape[1:3]) for x, _ in batches})
 

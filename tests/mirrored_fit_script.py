@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from atss_tf.data.pipeline import build_dataset  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
-from atss_tf.trainer import build_training_model, make_strategy  # noqa: E402
+from atss_tf.training.fit import build_training_model, make_strategy  # noqa: E402
 from tests.helpers import tiny_config, with_synthetic_data  # noqa: E402
 
 # lr 1 on every variable, no decay, no momentum history: the update is the gradient.
@@ -28,7 +28,9 @@ cfg = tiny_config(
     ]
 )
 cfg = with_synthetic_data(cfg, Path(sys.argv[1]))
-ds = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=0)
+ds = build_dataset(
+    cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=0
+)
 x, y = next(iter(ds))
 batch = tf.data.Dataset.from_tensors((x, y))
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from atss_tf.anchors import anchors_for_config, generate_anchors, level_shape
+from atss_tf.anchors import generate_anchors, level_shape
 from atss_tf.config import AnchorConfig, Config
 from tests.conftest import inclusive_to_continuous
 
@@ -16,7 +16,7 @@ def test_level_shapes_follow_ceil_halving():
 
 @pytest.mark.parametrize("alignment, offset", [("center", 4.0), ("official", 4.5), ("mmdet", 0.0)])
 def test_alignment_order_and_size(alignment, offset):
-    g = generate_anchors((64, 96), AnchorConfig(alignment=alignment))
+    g = generate_anchors((64, 96), AnchorConfig(alignment=alignment, official_shapes=False))
     assert g.num_per_level == (8 * 12, 4 * 6, 2 * 3, 1 * 2, 1 * 1)
     np.testing.assert_allclose(g.centers[0], [offset, offset])
     np.testing.assert_allclose(g.centers[1], [offset + 8, offset])  # x inner
@@ -29,6 +29,7 @@ def test_alignment_order_and_size(alignment, offset):
 def test_nine_anchors_per_location_order_ratio_major_then_scale():
     cfg = AnchorConfig(
         alignment="center",
+        official_shapes=False,
         octave_base_scale=4.0,
         scales_per_octave=3,
         aspect_ratios=(0.5, 1.0, 2.0),
@@ -52,16 +53,16 @@ def test_reproduces_official_anchors(official_assignments, official_outputs):
         cfg = Config(official_compat=True)
         for k, v in extra.items():
             setattr(cfg.model.anchors, k, v)
-        g = anchors_for_config(tuple(official_assignments["image_hw"]), cfg)
+        g = generate_anchors(tuple(official_assignments["image_hw"]), cfg.model.anchors)
         ref = inclusive_to_continuous(official_assignments[f"{case}/anchors_xyxy_inclusive"])
         np.testing.assert_array_equal(g.boxes, ref)  # bit-exact, float32 rounding included
         assert list(g.num_per_level) == list(official_assignments[f"{case}/anchors_per_level"])
-    g = anchors_for_config((512, 512), Config(official_compat=True))
+    g = generate_anchors((512, 512), Config(official_compat=True).model.anchors)
     np.testing.assert_array_equal(
         g.boxes, inclusive_to_continuous(official_outputs["anchors_xyxy_inclusive"])
     )
 
 
 def test_unresolved_alignment_is_an_error():
-    with pytest.raises(ValueError, match="resolved"):
+    with pytest.raises(ValueError, match="unset"):
         generate_anchors((64, 64), AnchorConfig())

@@ -44,7 +44,7 @@ def test_writes_targets_that_match_the_encoder(tmp_path, capsys):
     )  # fewer than the boxes: padded to 3
     assert rc == 0
     result = np.load(out)
-    enc = TargetEncoder(Config(), (128, 160))
+    enc = TargetEncoder.from_config(Config(), (128, 160))
     num_anchors = enc.anchor_grid.num_anchors
     assert result["anchors"].shape == (num_anchors, 4)
     assert result["cls_targets"].shape == (num_anchors,)
@@ -73,7 +73,7 @@ def test_official_compat_flag_and_overrides(tmp_path):
     result = np.load(out)
     cfg = Config(official_compat=True)
     cfg.assigner.type = "iou"
-    enc = TargetEncoder(cfg, (128, 160))
+    enc = TargetEncoder.from_config(cfg, (128, 160))
     np.testing.assert_array_equal(result["anchors"], enc.anchor_grid.boxes)  # +0.5 px centres
     expected = enc(np.asarray(BOXES, np.float32), [1, 1, 1], [True] * 3)
     np.testing.assert_array_equal(result["cls_targets"], expected["cls_targets"].numpy())

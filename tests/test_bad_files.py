@@ -432,7 +432,7 @@ def _events(log_dir: Path) -> dict[str, list[int]]:
 
 
 def test_tensorboard_logs_losses_lr_metrics_and_pictures_and_continues_after_resume(tmp_path):
-    from atss_tf.trainer import train
+    from atss_tf.training.fit import train
 
     cfg = with_synthetic_data(
         tiny_config(["train.max_iters=6", "train.steps_per_epoch=2", "train.eval_every_epochs=1"]),

@@ -8,7 +8,7 @@ import pytest
 from atss_tf.data.pipeline import build_dataset
 from atss_tf.inference import detect, padded_batch_size
 from atss_tf.targets import TargetEncoder
-from atss_tf.trainer import build_training_model
+from atss_tf.training.fit import build_training_model
 from tests.helpers import tiny_config
 from tests.journeys import SPARSE_CATEGORIES, make_dataset
 
@@ -45,7 +45,9 @@ def _canvas_of(signature) -> tuple[int, int]:
 def _fit_three_canvases(cfg):
     """Fit 12 steps (two epochs) then 6 more; every canvas compiled exactly once."""
     model = build_training_model(cfg)
-    train = build_dataset(cfg, "train", encoder_factory=lambda size: TargetEncoder(cfg, size))
+    train = build_dataset(
+        cfg, "train", encoder_factory=lambda size: TargetEncoder.from_config(cfg, size)
+    )
     history = model.fit(train, steps_per_epoch=6, epochs=2, verbose=0).history
     assert np.all(np.isfinite(history["loss"]))
     step = model.train_function.step
@@ -113,8 +115,16 @@ def test_fit_evaluate_predict_detect_compile_each_canvas_once(data):
 
 def test_detect_equals_predict_on_the_prepared_canvas(data):
     """A batch of mixed orientations through ``detect`` gives, per image, what
-    ``predict_on_batch`` gives for that image alone on its canvas."""
-    from atss_tf.data.transforms import TransformConfig, boxes_to_original, transform
+    ``predict_on_batch`` gives for that image alone on its canvas; both return
+    boxes in original pixels: the raw outputs post-processed on the valid area
+    and mapped back with ``image_info``."""
+    from atss_tf.data.transforms import (
+        TransformConfig,
+        boxes_to_original,
+        transform,
+        valid_image_size,
+    )
+    from atss_tf.postprocess import postprocess
 
     cfg = _config(data, jit=False)
     model = build_training_model(cfg)
@@ -128,7 +138,15 @@ def test_detect_equals_predict_on_the_prepared_canvas(data):
             {"images": t["image"][None], "image_info": t["image_info"][None]}
         )
         n = int(alone["num_detections"][0])
-        boxes = boxes_to_original(alone["boxes"][:, :n], t["image_info"][None]).numpy()[0]
+        raw = postprocess(
+            model(t["image"][None]),
+            model.anchor_grid(tuple(t["image"].shape[:2])),
+            model.coder,
+            model.detector_config.postprocess,
+            image_sizes=valid_image_size(t["image_info"][None]),
+        )
+        boxes = boxes_to_original(raw["boxes"][:, :n], t["image_info"][None]).numpy()[0]
+        np.testing.assert_allclose(alone["boxes"][0, :n], boxes, atol=1e-3)
         np.testing.assert_array_equal(det["classes"], alone["classes"][0, :n])
         np.testing.assert_allclose(det["scores"], alone["scores"][0, :n], atol=1e-5)
         np.testing.assert_allclose(det["boxes"], boxes, atol=1e-3)

@@ -6,26 +6,26 @@ from atss_tf.config import Config, ConfigError, from_dict, load_config, save_con
 
 
 def test_defaults_are_the_official_r50_setting():
-    cfg = Config().resolved()
+    cfg = Config()
     assert cfg.model.backbone.depth == 50
     assert cfg.assigner.type == "atss" and cfg.assigner.topk == 9
     assert cfg.model.anchors.alignment == "center"
     assert cfg.assigner.center_margin == pytest.approx(0.01)
-    assert cfg.loss.inclusive_geometry is False
+    assert cfg.model.inclusive_geometry is False
     assert cfg.postprocess.nms_iou == pytest.approx(0.6)
 
 
 def test_official_compat_switch_resolves_all_three_settings():
-    cfg = Config(official_compat=True).resolved()
+    cfg = Config(official_compat=True)
     assert cfg.model.anchors.alignment == "official"
     assert cfg.assigner.center_margin == pytest.approx(0.51)
-    assert cfg.loss.inclusive_geometry is True
+    assert cfg.model.inclusive_geometry is True
 
 
 def test_explicit_setting_beats_the_switch():
     cfg = load_config(None, ["official_compat=true", "model.anchors.alignment=mmdet"])
-    assert cfg.resolved().model.anchors.alignment == "mmdet"
-    assert cfg.resolved().assigner.center_margin == pytest.approx(0.51)
+    assert cfg.model.anchors.alignment == "mmdet"
+    assert cfg.assigner.center_margin == pytest.approx(0.51)
 
 
 def test_dotted_overrides_are_typed():
@@ -85,7 +85,7 @@ def test_every_shipped_config_loads():
     configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
     assert len(configs) >= 8
     for path in configs:
-        load_config(path).resolved()
+        load_config(path)
 
 
 def test_ablation_configs_inherit_and_override():

@@ -54,8 +54,14 @@ def test_cli_reports_the_conversion(converted):
 def test_converted_config_matches_official_settings(converted, official_outputs):
     model = converted["model"]
     assert isinstance(model, ATSSDetector)
-    cfg = model.config
-    assert cfg.official_compat and cfg.postprocess.score_mode == "sqrt"
+    cfg = model.detector_config
+    anchors = cfg.model.anchors
+    assert (anchors.alignment, anchors.official_shapes, cfg.model.inclusive_geometry) == (
+        "official",
+        True,
+        True,
+    )
+    assert cfg.postprocess.score_mode == "sqrt"
     b = cfg.model.backbone
     assert (b.depth, b.groups, b.width_per_group, b.stride_in_1x1) == (50, 1, 64, True)
     assert cfg.model.num_classes == 80 and cfg.model.fpn.p7_from_relu and cfg.model.input_bgr
@@ -169,8 +175,7 @@ def test_model_predict_reproduces_official_detections(converted, official_output
         det["classes"][0, :n], official_outputs["det_labels_1based"][order]
     )
     np.testing.assert_allclose(det["scores"][0, :n], want_scores[order], atol=1e-4)
-    want_boxes = official_outputs["det_boxes_xyxy_inclusive"][order].copy()
-    want_boxes[:, 2:] += 1.0
+    want_boxes = inclusive_to_continuous(official_outputs["det_boxes_xyxy_inclusive"][order])
     np.testing.assert_allclose(det["boxes"][0, :n], want_boxes, atol=0.01)
 
 
@@ -206,7 +211,7 @@ def test_predict_cli_draws_boxes_on_the_photo(converted, official_outputs, tmp_p
     # The drawn picture differs from the photo drawn without boxes.
     drawn = np.asarray(Image.open(picture).convert("RGB"), dtype=np.float32)
     plain_path = tmp_path / "plain.png"
-    from atss_tf.inference import save_detection_grid
+    from atss_tf.visualization import save_detection_grid
 
     empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int)}
     save_detection_grid(

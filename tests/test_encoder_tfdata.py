@@ -48,7 +48,7 @@ def config(assigner: str = "atss", regression: str = "box", compat: bool = False
 
 @pytest.fixture(scope="module")
 def atss_encoder():
-    return TargetEncoder(config(), CANVAS)
+    return TargetEncoder.from_config(config(), CANVAS)
 
 
 def test_tf_data_map_traces_once(atss_encoder):
@@ -99,7 +99,7 @@ def test_zero_rows_input(atss_encoder):
 def test_every_selector_in_tf_data_batched_equals_single(assigner, regression):
     """All selectors compile under XLA in tf.data; padded junk never matters;
     encode_batch equals per-image calls; targets decode back to the matched box."""
-    enc = TargetEncoder(config(assigner, regression, compat=assigner == "iou"), CANVAS)
+    enc = TargetEncoder.from_config(config(assigner, regression, compat=assigner == "iou"), CANVAS)
     boxes, labels, mask = make_images(6, seed=ASSIGNERS.index(assigner))
     ds = tf.data.Dataset.from_tensor_slices((boxes, labels, mask)).map(enc).batch(6)
     from_data = next(iter(ds))
@@ -135,7 +135,7 @@ def test_every_selector_in_tf_data_batched_equals_single(assigner, regression):
 
 
 def test_inside_a_jit_compiled_keras_train_step():
-    enc = TargetEncoder(config(), CANVAS)
+    enc = TargetEncoder.from_config(config(), CANVAS)
     num_anchors = enc.anchor_grid.num_anchors
 
     class Toy(keras.Model):
@@ -168,8 +168,8 @@ def test_inside_a_jit_compiled_keras_train_step():
 
 
 def test_coder_and_anchors_follow_the_config():
-    enc = TargetEncoder(config(regression="point", compat=True), (256, 256))
-    assert enc.config.official_compat and enc.config.assigner.center_margin == 0.51
+    enc = TargetEncoder.from_config(config(regression="point", compat=True), (256, 256))
+    assert enc.assigner.center_margin == 0.51 and enc.coder.inclusive
     assert isinstance(enc.coder, box_ops.PointCoder) and enc.coder.offset == 0.5
     assert enc.anchor_grid.offsets[0] == 4.5
     assert enc.anchor_grid.num_anchors == 32 * 32 + 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2

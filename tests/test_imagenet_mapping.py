@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
+from atss_tf.convert.keras_applications import copy_keras_resnet_weights, keras_applications_resnet
 from atss_tf.model import ResNetBackbone
-from atss_tf.model.imagenet import copy_keras_resnet_weights, keras_applications_resnet
 
 C_LAYERS = {"c3": "conv3_block4_out", "c4": "conv4_block6_out", "c5": "conv5_block3_out"}
 
@@ -76,7 +76,7 @@ def test_build_detector_loads_imagenet_backbone(pair, monkeypatch):
     """``model.backbone.weights: imagenet`` goes through keras.applications (stubbed offline)."""
     from atss_tf import model as model_pkg
     from atss_tf.config import Config
-    from atss_tf.model import imagenet
+    from atss_tf.convert import keras_applications as imagenet
 
     source, _, _ = pair
     requested = []

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atss_tf.anchors import anchors_for_config
+from atss_tf.anchors import generate_anchors
 from atss_tf.boxes import BoxCoder
 from atss_tf.config import Config
 from atss_tf.losses import atss_losses, sigmoid_focal_loss
 from tests.conftest import fixture_head_outputs, inclusive_to_continuous
+from tests.helpers import loss_args
 
 LOSS_KEYS = (
     ("cls_loss", "loss_cls"),
@@ -32,7 +33,7 @@ def fixture_inputs(official_outputs):
         "cls_targets": official_outputs["train_cls_targets"][None].astype(np.int32),
         "box_targets": official_outputs["train_reg_targets"][None].astype(np.float32),
     }
-    anchors = anchors_for_config((512, 512), Config(official_compat=True)).boxes
+    anchors = generate_anchors((512, 512), Config(official_compat=True).model.anchors).boxes
     return outputs, targets, anchors
 
 
@@ -48,7 +49,7 @@ def test_fixture_anchors_are_the_official_ones(official_outputs, fixture_inputs)
 
 def test_official_compat_reproduces_official_losses(official_outputs, fixture_inputs):
     outputs, targets, anchors = fixture_inputs
-    ours = _values(atss_losses(outputs, targets, anchors, Config(official_compat=True)))
+    ours = _values(atss_losses(outputs, targets, anchors, *loss_args(Config(official_compat=True))))
     for key, ref_key in LOSS_KEYS:
         ref = float(official_outputs[ref_key])
         assert ours[key] == pytest.approx(ref, rel=1e-4), (key, ours[key], ref)
@@ -58,7 +59,9 @@ def test_clean_geometry_differs_as_explained(official_outputs, fixture_inputs):
     """Continuous GIoU areas / centerness distances (spec §0.3): cls unchanged,
     reg 0.44% lower (0.8962 vs 0.9002), centerness slightly lower."""
     outputs, targets, anchors = fixture_inputs
-    ours = _values(atss_losses(outputs, targets, anchors, Config(official_compat=False)))
+    ours = _values(
+        atss_losses(outputs, targets, anchors, *loss_args(Config(official_compat=False)))
+    )
     assert ours["cls_loss"] == pytest.approx(float(official_outputs["loss_cls"]), rel=1e-4)
     ref_reg = float(official_outputs["loss_reg"])
     ref_ctr = float(official_outputs["loss_centerness"])
@@ -71,16 +74,18 @@ def test_clean_geometry_differs_as_explained(official_outputs, fixture_inputs):
 def test_inclusive_geometry_can_be_set_alone(official_outputs, fixture_inputs):
     outputs, targets, anchors = fixture_inputs
     cfg = Config(official_compat=False)
-    cfg.loss.inclusive_geometry = True
-    ours = _values(atss_losses(outputs, targets, anchors, cfg))
+    cfg.model.inclusive_geometry = True
+    ours = _values(atss_losses(outputs, targets, anchors, *loss_args(cfg)))
     assert ours["reg_loss"] == pytest.approx(float(official_outputs["loss_reg"]), rel=1e-4)
 
 
 def test_xla_compiled_losses_match_eager(fixture_inputs):
     outputs, targets, anchors = fixture_inputs
     cfg = Config(official_compat=True)
-    eager = _values(atss_losses(outputs, targets, anchors, cfg))
-    compiled = tf.function(lambda o, t: atss_losses(o, t, anchors, cfg), jit_compile=True)
+    eager = _values(atss_losses(outputs, targets, anchors, *loss_args(cfg)))
+    compiled = tf.function(
+        lambda o, t: atss_losses(o, t, anchors, *loss_args(cfg)), jit_compile=True
+    )
     jit = _values(compiled(outputs, targets))
     for key in eager:
         assert jit[key] == pytest.approx(eager[key], rel=1e-5), key
@@ -91,8 +96,8 @@ def test_float16_outputs_are_computed_in_float32(fixture_inputs):
     cfg = Config(official_compat=True)
     half = {k: tf.constant(v, tf.float16) for k, v in outputs.items()}
     upcast = {k: tf.cast(v, tf.float32) for k, v in half.items()}
-    a = atss_losses(half, targets, anchors, cfg)
-    b = atss_losses(upcast, targets, anchors, cfg)
+    a = atss_losses(half, targets, anchors, *loss_args(cfg))
+    b = atss_losses(upcast, targets, anchors, *loss_args(cfg))
     for key in a:
         assert a[key].dtype == tf.float32
         assert float(a[key]) == float(b[key])
@@ -162,8 +167,8 @@ def _one_anchor_case(pred_box, target_box, anchor=(0.0, 0.0, 10.0, 10.0), ctr_lo
 def test_regression_loss_is_weighted_giou(pred, inclusive, expected_giou):
     outputs, targets, anchors = _one_anchor_case(pred, (0.0, 0.0, 10.0, 10.0))
     cfg = Config()
-    cfg.loss.inclusive_geometry = inclusive
-    losses = atss_losses(outputs, targets, anchors, cfg)
+    cfg.model.inclusive_geometry = inclusive
+    losses = atss_losses(outputs, targets, anchors, *loss_args(cfg))
     # One positive: the centerness weight cancels in the normalisation.
     assert float(losses["reg_loss"]) == pytest.approx(2.0 * (1.0 - expected_giou), rel=1e-5)
 
@@ -182,7 +187,7 @@ def test_two_positives_weighted_by_centerness_target():
         "cls_targets": np.array([[1, 1]], np.int32),
         "box_targets": coder.encode(target_boxes, anchors).numpy()[None],
     }
-    losses = atss_losses(outputs, targets, anchors, Config())
+    losses = atss_losses(outputs, targets, anchors, *loss_args(Config()))
     # Centre (5, 5): first target l=t=r=b=5 -> 1; second l=3 r=5 t=4 b=8 -> sqrt(0.3).
     w = np.array([1.0, np.sqrt(0.3)])
     giou_loss = np.array([2.0 / 3.0, 0.0])
@@ -198,13 +203,13 @@ def test_two_positives_weighted_by_centerness_target():
 def test_centerness_target_inclusive_distances():
     outputs, targets, anchors = _one_anchor_case((2, 1, 10, 13), (2, 1, 10, 13), ctr_logit=0.0)
     cfg = Config()
-    cfg.loss.inclusive_geometry = True
-    loss = float(atss_losses(outputs, targets, anchors, cfg)["centerness_loss"])
+    cfg.model.inclusive_geometry = True
+    loss = float(atss_losses(outputs, targets, anchors, *loss_args(cfg))["centerness_loss"])
     # Distances each 0.5 px shorter: l=2.5 r=4.5 t=3.5 b=7.5.
     z = np.sqrt(2.5 / 4.5 * 3.5 / 7.5)
     assert loss == pytest.approx(np.log(2.0), rel=1e-6)  # logit 0: BCE = log 2 for any target
     outputs["centerness"] = np.full((1, 1, 1), 2.0, np.float32)
-    loss = float(atss_losses(outputs, targets, anchors, cfg)["centerness_loss"])
+    loss = float(atss_losses(outputs, targets, anchors, *loss_args(cfg))["centerness_loss"])
     assert loss == pytest.approx(2.0 - 2.0 * z + np.log1p(np.exp(-2.0)), rel=1e-6)
 
 
@@ -220,15 +225,15 @@ def test_ignored_anchors_are_excluded_and_division_by_positives():
         "centerness": np.zeros((1, num, 1), np.float32),
     }
     targets = {"cls_targets": labels, "box_targets": np.zeros((1, num, 4), np.float32)}
-    loss = float(atss_losses(outputs, targets, anchors, Config())["cls_loss"])
+    loss = float(atss_losses(outputs, targets, anchors, *loss_args(Config()))["cls_loss"])
     keep = labels[0] >= 0
     expected = numpy_focal(logits[0][keep], labels[0][keep]).sum() / 3.0
     assert loss == pytest.approx(expected, rel=1e-5)
     # Whatever the ignored anchors predict, the loss does not move.
     outputs["cls_logits"] = np.where((labels == -1)[..., None], 50.0, logits).astype(np.float32)
-    assert float(atss_losses(outputs, targets, anchors, Config())["cls_loss"]) == pytest.approx(
-        loss, rel=1e-6
-    )
+    assert float(
+        atss_losses(outputs, targets, anchors, *loss_args(Config()))["cls_loss"]
+    ) == pytest.approx(loss, rel=1e-6)
 
 
 def test_no_positives_gives_zero_losses_and_finite_gradients():
@@ -249,7 +254,7 @@ def test_no_positives_gives_zero_losses_and_finite_gradients():
             "box_regression": box_regression,
             "centerness": centerness,
         }
-        losses = atss_losses(outputs, targets, anchors, Config())
+        losses = atss_losses(outputs, targets, anchors, *loss_args(Config()))
         total = tf.add_n(list(losses.values()))
     assert float(losses["reg_loss"]) == 0.0
     assert float(losses["centerness_loss"]) == 0.0
@@ -263,7 +268,9 @@ def test_no_positives_gives_zero_losses_and_finite_gradients():
 
 def test_nonfinite_filler_of_background_rows_is_harmless(fixture_inputs):
     outputs, targets, anchors = fixture_inputs
-    clean = _values(atss_losses(outputs, targets, anchors, Config(official_compat=True)))
+    clean = _values(
+        atss_losses(outputs, targets, anchors, *loss_args(Config(official_compat=True)))
+    )
     noisy_targets = dict(targets)
     background = (targets["cls_targets"] <= 0)[..., None]
     noisy_targets["box_targets"] = np.where(background, np.nan, targets["box_targets"])
@@ -272,7 +279,11 @@ def test_nonfinite_filler_of_background_rows_is_harmless(fixture_inputs):
         np.float32
     )
     assert (
-        _values(atss_losses(noisy_outputs, noisy_targets, anchors, Config(official_compat=True)))
+        _values(
+            atss_losses(
+                noisy_outputs, noisy_targets, anchors, *loss_args(Config(official_compat=True))
+            )
+        )
         == clean
     )
 
@@ -290,9 +301,11 @@ _MIRRORED_CHILD = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from atss_tf.boxes import coder_for_model
     from atss_tf.config import Config
     from atss_tf.losses import atss_losses
 
+    cfg = Config()
     data = np.load(sys.argv[1])
     anchors = data["anchors"]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -311,7 +324,8 @@ _MIRRORED_CHILD = textwrap.dedent(
             targets = {k: x[k] for k in ("cls_targets", "box_targets")}
             with tf.GradientTape() as tape:
                 tape.watch(outputs)
-                losses = atss_losses(outputs, targets, anchors, Config())
+                losses = atss_losses(
+                    outputs, targets, anchors, coder_for_model(cfg.model), cfg.loss)
                 scaled = tf.add_n(list(losses.values())) / float(
                     tf.distribute.get_replica_context().num_replicas_in_sync)
             return losses, tape.gradient(scaled, outputs)
@@ -361,7 +375,7 @@ def test_mirrored_replicas_reproduce_single_device_loss_and_gradients(tmp_path):
     a replica without any positive.
     """
     rng = np.random.default_rng(3)
-    anchors = anchors_for_config((128, 128), Config()).boxes
+    anchors = generate_anchors((128, 128), Config().model.anchors).boxes
     cases = {
         "a": _synthetic_batch(rng, anchors, 3, [7, 3]),
         "b": _synthetic_batch(rng, anchors, 3, [6, 0]),
@@ -392,7 +406,7 @@ def test_mirrored_replicas_reproduce_single_device_loss_and_gradients(tmp_path):
         targets = {k: batch[k] for k in ("cls_targets", "box_targets")}
         with tf.GradientTape() as tape:
             tape.watch(outputs)
-            single = atss_losses(outputs, targets, anchors, Config())
+            single = atss_losses(outputs, targets, anchors, *loss_args(Config()))
             total = tf.add_n(list(single.values()))
         grads = tape.gradient(total, outputs)
         for key, value in single.items():

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from atss_tf.anchors import anchor_shapes
-from atss_tf.config import Config, from_dict, to_dict
+from atss_tf.config import Config, detector_config_from_dict
 from atss_tf.model import (
     ATSSDetector,
     FrozenBatchNorm,
@@ -19,6 +19,7 @@ from atss_tf.model import (
     TorchMaxPool2D,
     build_detector,
 )
+from atss_tf.model.file_format import FORMAT_VERSION
 
 CANVAS = (128, 160)
 
@@ -86,7 +87,7 @@ def test_flattening_matches_anchor_order(tiny_a9):
     model, x, out = tiny_a9
     grid = model.anchor_grid(CANVAS)
     per_level = {k: [np.asarray(t) for t in v] for k, v in model.head_outputs(x).items()}
-    cfg = model.config.resolved()
+    cfg = model.detector_config
     rng = np.random.default_rng(3)
     starts = grid.level_starts
     for index in list(rng.integers(0, grid.num_anchors, 40)) + [0, grid.num_anchors - 1]:
@@ -98,7 +99,9 @@ def test_flattening_matches_anchor_order(tiny_a9):
         stride = grid.strides[level]
         centre = np.array([xx, y]) * stride + grid.offsets[level]
         np.testing.assert_allclose(grid.centers[index], centre, atol=1e-3)
-        wh = anchor_shapes(stride, cfg.model.anchors, official_shapes=cfg.official_compat)[a]
+        wh = anchor_shapes(
+            stride, cfg.model.anchors, official_shapes=cfg.model.anchors.official_shapes
+        )[a]
         box = grid.boxes[index]
         np.testing.assert_allclose([box[2] - box[0], box[3] - box[1]], wh, rtol=1e-5)
         np.testing.assert_array_equal(
@@ -117,7 +120,7 @@ def test_keras_save_load_round_trip(tiny_a9, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, ATSSDetector)
-    assert to_dict(loaded.config) == to_dict(model.config)
+    assert loaded.detector_config == model.detector_config
     assert len(loaded.weights) == len(model.weights)
     again = loaded(x)
     for key, value in out.items():
@@ -127,7 +130,8 @@ def test_keras_save_load_round_trip(tiny_a9, tmp_path):
 def test_get_config_from_config_round_trip(tiny_a9):
     model, x, out = tiny_a9
     config = model.get_config()
-    assert from_dict(config["config"]) == model.config
+    assert config["format_version"] == FORMAT_VERSION
+    assert detector_config_from_dict(config["detector"]) == model.detector_config
     clone = ATSSDetector.from_config(config)
     clone.build((None, None, None, 3))
     assert [w.path for w in clone.weights] == [w.path for w in model.weights]

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atss_tf.anchors import anchors_for_config
-from atss_tf.boxes import coder_for_config
+from atss_tf.anchors import generate_anchors
+from atss_tf.boxes import coder_for_model
 from atss_tf.config import Config
 from atss_tf.postprocess import class_aware_nms, postprocess
 from tests.conftest import fixture_head_outputs, inclusive_to_continuous
+from tests.helpers import postprocess_args
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def compat():
 
 @pytest.fixture(scope="module")
 def grid(compat):
-    return anchors_for_config((512, 512), compat)
+    return generate_anchors((512, 512), compat.model.anchors)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,9 @@ def _np_greedy_nms(boxes, scores, classes, iou_threshold, max_output):
 
 def reference_postprocess(cls, reg, ctr, grid, config, image_size):
     """One image: ``cls`` [A, C], ``reg`` [A, 4], ``ctr`` [A] -> (boxes, scores, labels)."""
-    cfg = config.resolved()
+    cfg = config
     pp = cfg.postprocess
-    coder = coder_for_config(cfg)
+    coder = coder_for_model(cfg.model)
     num_classes = cls.shape[1]
     p_all = 1.0 / (1.0 + np.exp(-cls.astype(np.float64)))
     c_all = 1.0 / (1.0 + np.exp(-ctr.astype(np.float64)))
@@ -83,7 +84,7 @@ def reference_postprocess(cls, reg, ctr, grid, config, image_size):
         anchor = start + top // num_classes
         decoded = np.asarray(coder.decode(reg[anchor], grid.boxes[anchor]))
         h, w = image_size
-        if cfg.loss.inclusive_geometry:  # the authors' clamp of inclusive boxes to [0, w - 1]
+        if cfg.model.inclusive_geometry:  # the authors' clamp of inclusive boxes to [0, w - 1]
             decoded = np.clip(decoded, [0, 0, 1, 1], [w - 1, h - 1, w, h])
         else:
             decoded = np.clip(decoded, 0, [w, h, w, h])
@@ -136,15 +137,20 @@ def _assert_official(det, official_outputs):
 
 
 def test_reproduces_official_detections(official_outputs, head, grid, compat):
-    det = _numpy(postprocess(head, grid, compat, image_sizes=np.array([[512, 512]])))
+    det = _numpy(
+        postprocess(head, grid, *postprocess_args(compat), image_sizes=np.array([[512, 512]]))
+    )
     _assert_official(det, official_outputs)
     assert det["boxes"].dtype == np.float32 and det["scores"].dtype == np.float32
     assert det["classes"].dtype == np.int32 and det["num_detections"].dtype == np.int32
 
 
 def test_xla_compiled_gives_the_same_result(official_outputs, head, grid, compat):
-    eager = _numpy(postprocess(head, grid, compat))
-    fn = tf.function(lambda o, s: postprocess(o, grid, compat, image_sizes=s), jit_compile=True)
+    eager = _numpy(postprocess(head, grid, *postprocess_args(compat)))
+    fn = tf.function(
+        lambda o, s: postprocess(o, grid, *postprocess_args(compat), image_sizes=s),
+        jit_compile=True,
+    )
     jit = _numpy(fn(head, tf.constant([[512, 512]], tf.int32)))
     _assert_official(jit, official_outputs)
     np.testing.assert_array_equal(jit["classes"], eager["classes"])
@@ -154,15 +160,15 @@ def test_xla_compiled_gives_the_same_result(official_outputs, head, grid, compat
 
 
 def test_matches_numpy_reference_on_fixture(head, grid, compat):
-    det = _numpy(postprocess(head, grid, compat))
+    det = _numpy(postprocess(head, grid, *postprocess_args(compat)))
     assert_matches_reference(det, 0, head, grid, compat, (512, 512))
 
 
 def test_product_score_mode(head, grid, compat):
     cfg = Config(official_compat=True)
     cfg.postprocess.score_mode = "product"
-    prod = _numpy(postprocess(head, grid, cfg))
-    sqrt = _numpy(postprocess(head, grid, compat))
+    prod = _numpy(postprocess(head, grid, *postprocess_args(cfg)))
+    sqrt = _numpy(postprocess(head, grid, *postprocess_args(compat)))
     # Same ranking, hence the same boxes; scores are the squares.
     np.testing.assert_array_equal(prod["classes"], sqrt["classes"])
     np.testing.assert_allclose(prod["boxes"], sqrt["boxes"], atol=1e-4)
@@ -173,10 +179,10 @@ def test_product_score_mode(head, grid, compat):
 @pytest.mark.parametrize("official", [True, False])
 def test_clips_to_smaller_image_size(head, official):
     config = Config(official_compat=official)
-    grid = anchors_for_config((512, 512), config)
+    grid = generate_anchors((512, 512), config.model.anchors)
     height, width = 384, 448
-    det = _numpy(postprocess(head, grid, config, image_sizes=[[height, width]]))
-    full = _numpy(postprocess(head, grid, config))
+    det = _numpy(postprocess(head, grid, *postprocess_args(config), image_sizes=[[height, width]]))
+    full = _numpy(postprocess(head, grid, *postprocess_args(config)))
     n = int(det["num_detections"][0])
     boxes = det["boxes"][0, :n]
     assert np.all(boxes >= 0)
@@ -197,8 +203,8 @@ def test_box_beyond_the_border_official_and_continuous_clip(grid):
     }
     outputs["cls_logits"][0, 100, 0] = 3.0
     outputs["box_regression"][0, 100, 0] = 10.0 * 600.0 / 64.0  # centre moves 600 px right
-    official = _numpy(postprocess(outputs, grid, Config(official_compat=True)))
-    clean = _numpy(postprocess(outputs, grid, Config()))
+    official = _numpy(postprocess(outputs, grid, *postprocess_args(Config(official_compat=True))))
+    clean = _numpy(postprocess(outputs, grid, *postprocess_args(Config())))
     np.testing.assert_allclose(official["boxes"][0, 0, [0, 2]], [511.0, 512.0])
     np.testing.assert_allclose(clean["boxes"][0, 0, [0, 2]], [512.0, 512.0])
 
@@ -213,11 +219,13 @@ def test_batch_of_two_images(head, grid, compat):
     second = {k: v.astype(np.float32) for k, v in second.items()}
     batch = {k: np.concatenate([head[k], second[k]]) for k in head}
     sizes = np.array([[512, 512], [400, 480]], np.float32)
-    det = _numpy(postprocess(batch, grid, compat, image_sizes=sizes))
+    det = _numpy(postprocess(batch, grid, *postprocess_args(compat), image_sizes=sizes))
     assert det["boxes"].shape == (2, 100, 4)
     for b, one in enumerate((head, second)):
         assert_matches_reference(det, b, one, grid, compat, tuple(sizes[b]))
-        alone = _numpy(postprocess(one, grid, compat, image_sizes=sizes[b : b + 1]))
+        alone = _numpy(
+            postprocess(one, grid, *postprocess_args(compat), image_sizes=sizes[b : b + 1])
+        )
         np.testing.assert_array_equal(det["classes"][b], alone["classes"][0])
         np.testing.assert_allclose(det["boxes"][b], alone["boxes"][0], atol=1e-4)
 
@@ -230,8 +238,8 @@ def test_nothing_above_threshold(grid, compat):
         "centerness": np.zeros((2, num, 1), np.float32),
     }
     outputs["cls_logits"][1, 100, 5] = 3.0  # one candidate in the second image only
-    fn = tf.function(lambda o: postprocess(o, grid, compat), jit_compile=True)
-    for det in (_numpy(postprocess(outputs, grid, compat)), _numpy(fn(outputs))):
+    fn = tf.function(lambda o: postprocess(o, grid, *postprocess_args(compat)), jit_compile=True)
+    for det in (_numpy(postprocess(outputs, grid, *postprocess_args(compat))), _numpy(fn(outputs))):
         np.testing.assert_array_equal(det["num_detections"], [0, 1])
         assert not det["boxes"][0].any() and not det["scores"][0].any()
         assert not det["classes"][0].any()

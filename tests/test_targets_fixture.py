@@ -85,7 +85,7 @@ def positive_agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, int]:
 @pytest.mark.parametrize("case", SINGLE_ANCHOR_CASES)
 def test_single_anchor_cases_match_official_exactly(official_assignments, case):
     d = official_assignments
-    enc = TargetEncoder(case_config(d, case), tuple(int(v) for v in d["image_hw"]))
+    enc = TargetEncoder.from_config(case_config(d, case), tuple(int(v) for v in d["image_hw"]))
     official_anchors = inclusive_to_continuous(d[f"{case}/anchors_xyxy_inclusive"])
     np.testing.assert_array_equal(enc.anchor_grid.boxes, official_anchors)
     out = enc.encode_batch(*gt_sets(d, case))
@@ -114,12 +114,14 @@ def test_nine_anchor_cases_agree_with_official(official_assignments, case, eager
     The issue's bar for #A = 9 is > 99% of positives."""
     d = official_assignments
     cfg = case_config(d, case)
-    enc = TargetEncoder(cfg, tuple(int(v) for v in d["image_hw"]))
+    enc = TargetEncoder.from_config(cfg, tuple(int(v) for v in d["image_hw"]))
     official_anchors = inclusive_to_continuous(d[f"{case}/anchors_xyxy_inclusive"])
     np.testing.assert_array_equal(enc.anchor_grid.boxes, official_anchors)
     boxes, labels, mask = gt_sets(d, case)
     xla = enc.encode_batch(boxes, labels, mask)["cls_targets"].numpy()
-    matched, ignore = SELECTORS[enc.config.assigner.type](enc.anchor_grid, boxes, mask, enc.config)
+    matched, ignore = SELECTORS[enc.assigner.type](
+        enc.anchor_grid, boxes, mask, enc.assigner, enc.coder.inclusive
+    )
     matched, ignore = matched.numpy(), ignore.numpy()
     eager = np.where(
         matched >= 0, np.take_along_axis(labels, np.maximum(matched, 0), 1), np.where(ignore, -1, 0)
@@ -134,7 +136,7 @@ def test_nine_anchor_cases_agree_with_official(official_assignments, case, eager
 
 def test_five_gt_assignment_of_official_outputs(official_outputs):
     d = official_outputs
-    enc = TargetEncoder(Config(official_compat=True), (512, 512))
+    enc = TargetEncoder.from_config(Config(official_compat=True), (512, 512))
     np.testing.assert_array_equal(
         enc.anchor_grid.boxes, inclusive_to_continuous(d["anchors_xyxy_inclusive"])
     )

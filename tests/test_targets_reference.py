@@ -126,9 +126,9 @@ ATSS_GROUPS = [
     ids=[g[0] for g in ATSS_GROUPS],
 )
 def test_atss_matches_dense_reference(canvas, config, images, max_boxes):
-    enc = TargetEncoder(config, canvas)
+    enc = TargetEncoder.from_config(config, canvas)
     grid = enc.anchor_grid
-    cfg = enc.config
+    cfg = config
     # Anchor centres of the spec (j * s + offset), shared by a location's anchors.
     centres = grid_centres(grid.level_shapes, grid.strides, grid.offsets, grid.anchors_per_location)
     seed = sum(canvas) + 7 * cfg.assigner.topk + grid.anchors_per_location
@@ -176,8 +176,8 @@ FCOS_GROUPS = [
     "canvas,config,images,max_boxes", [g[1:] for g in FCOS_GROUPS], ids=[g[0] for g in FCOS_GROUPS]
 )
 def test_fcos_matches_dense_reference(canvas, config, images, max_boxes):
-    enc = TargetEncoder(config, canvas)
-    grid, cfg = enc.anchor_grid, enc.config
+    enc = TargetEncoder.from_config(config, canvas)
+    grid, cfg = enc.anchor_grid, config
     centres = grid_centres(grid.level_shapes, grid.strides, grid.offsets, 1)
     strides = np.repeat(np.asarray(grid.strides, np.float64), grid.num_per_level)
     ranges = np.repeat(np.asarray(cfg.assigner.fcos_ranges), grid.num_per_level, axis=0)
@@ -192,7 +192,7 @@ def test_fcos_matches_dense_reference(canvas, config, images, max_boxes):
             ranges,
             boxes[b, rows],
             margin=cfg.assigner.center_margin,
-            range_offset=0.5 if cfg.loss.inclusive_geometry else 0.0,
+            range_offset=0.5 if cfg.model.inclusive_geometry else 0.0,
             center_radius=cfg.assigner.center_radius
             if cfg.assigner.type == "fcos_center"
             else None,
@@ -208,7 +208,7 @@ def test_grid_centres_are_anchor_centres():
     """The windowed ATSS measures distances from j*s + offset: the grid's own centres."""
     for compat, alignment in [(False, None), (True, None), (False, "mmdet")]:
         cfg = make_config(compat=compat, alignment=alignment) if alignment else make_config(compat)
-        grid = TargetEncoder(cfg, (200, 328)).anchor_grid
+        grid = TargetEncoder.from_config(cfg, (200, 328)).anchor_grid
         spec = grid_centres(grid.level_shapes, grid.strides, grid.offsets, 1)
         assert np.array_equal(spec.astype(np.float32), grid.centers)
 
@@ -248,7 +248,7 @@ def test_window_candidates_equal_dense_topk(k):
     canvas, on tiny levels (P7 of 200x328 has 2x3 cells)."""
     canvas = (200, 328)
     cfg = make_config(topk=k)
-    grid = TargetEncoder(cfg, canvas).anchor_grid
+    grid = TargetEncoder.from_config(cfg, canvas).anchor_grid
     rng = np.random.default_rng(k)
     special = [
         -900.0,
@@ -289,9 +289,9 @@ def test_fallback_gives_stranded_gt_its_best_candidate():
     the fallback it gets exactly its highest-IoU candidate."""
     box = np.array([[13.0, 13.0, 15.0, 15.0]], np.float32)  # centre 14: no anchor centre inside
     mask = np.array([True])
-    plain = TargetEncoder(make_config(), (128, 128))
+    plain = TargetEncoder.from_config(make_config(), (128, 128))
     assert int((plain(box, [1], mask)["matched_gt"].numpy() >= 0).sum()) == 0
-    enc = TargetEncoder(make_config(fallback_best_candidate=True), (128, 128))
+    enc = TargetEncoder.from_config(make_config(fallback_best_candidate=True), (128, 128))
     matched = enc(box, [1], mask)["matched_gt"].numpy()
     grid = enc.anchor_grid
     ref = reference_atss(grid.boxes, grid.centers, grid.num_per_level, 1, box, fallback=True)

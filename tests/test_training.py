@@ -20,7 +20,7 @@ import pytest
 from atss_tf.config import save_config
 from atss_tf.data.pipeline import build_dataset
 from atss_tf.targets import TargetEncoder
-from atss_tf.trainer import build_training_model, make_evaluate_fn, train
+from atss_tf.training.fit import build_training_model, make_evaluate_fn, train
 from tests.helpers import tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,9 @@ def data_root(tmp_path_factory):
 def test_train_step_compiles_with_xla_and_updates_weights(data_root):
     cfg = with_synthetic_data(tiny_config(["train.jit_compile=true"]), data_root)
     model = build_training_model(cfg)
-    ds = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=0)
+    ds = build_dataset(
+        cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=0
+    )
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(ds.repeat(), steps_per_epoch=2, epochs=1, verbose=0)
     assert model.jit_compile is True
@@ -55,7 +57,9 @@ def test_targets_encoded_in_the_step_equal_targets_from_tf_data(data_root):
     """Device-side encoding (x carries padded GT) gives the same losses as tf.data encoding."""
     cfg = with_synthetic_data(tiny_config(), data_root)
     model = build_training_model(cfg)
-    encoded = build_dataset(cfg, "train", encoder_factory=lambda s: TargetEncoder(cfg, s), seed=3)
+    encoded = build_dataset(
+        cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=3
+    )
     raw = build_dataset(cfg, "train", seed=3)
     x, y = next(iter(encoded))
     x2, gt = next(iter(raw))

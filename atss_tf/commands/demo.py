@@ -71,9 +71,10 @@ def prepare_demo_config(args, out: Path):
 
 
 def run(args) -> int:
-    from atss_tf.inference import class_names, detect, read_image, save_detection_grid
+    from atss_tf.inference import detect, read_image
     from atss_tf.progress import fit_verbosity
-    from atss_tf.trainer import train
+    from atss_tf.training.fit import train
+    from atss_tf.visualization import save_detection_grid
 
     for name in ("train_images", "val_images"):
         if getattr(args, name) < 1:
@@ -95,8 +96,8 @@ def run(args) -> int:
     images = [read_image(f) for f in files]
     save_detection_grid(
         images,
-        detect(model, images, cfg),
-        class_names(cfg),
+        detect(model, images),
+        model.class_names,
         out / "predictions.png",
         titles=[f.name for f in files],
     )

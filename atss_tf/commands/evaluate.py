@@ -6,7 +6,6 @@ The data settings (validation annotations/images, test size, canvases) come from
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -32,16 +31,13 @@ def run(args) -> int:
             f"{args.config} sets neither data.val_annotations nor data.val_tfrecords: "
             "evaluate needs a validation set"
         )
+    from atss_tf.evaluation import make_evaluate_fn
     from atss_tf.inference import load_detector
-    from atss_tf.trainer import make_evaluate_fn
 
     model = load_detector(args.weights, cfg)
-    # The model's own settings (normalisation, compat, post-processing) with the
-    # data settings of --config.
-    eval_cfg = dataclasses.replace(model.config, data=cfg.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = make_evaluate_fn(model, eval_cfg, out)()
+    metrics = make_evaluate_fn(model, cfg, out)()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for name, value in metrics.items():
         print(f"{name:>6}: {value:.4f}")

@@ -78,20 +78,20 @@ def run(args) -> int:
     config = load_config(args.config, args.overrides) if args.config else None
     paths = image_paths(args.images)
 
-    from atss_tf.data.transforms import TransformConfig
+    from atss_tf.config import DEFAULT_MAX_PIXELS
     from atss_tf.inference import (
         check_aspect_ratio,
-        class_names,
         detect,
         load_detector,
         read_image,
-        save_detection_grid,
+        test_transform,
     )
+    from atss_tf.visualization import save_detection_grid
 
     model = load_detector(args.weights, config)
-    cfg = config or model.config
-    names = class_names(cfg)
-    params = TransformConfig.from_config(cfg, training=False)
+    names = model.class_names
+    params = test_transform(model, config)
+    max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pictures = dict(zip(paths, picture_names(paths)))
@@ -102,7 +102,7 @@ def run(args) -> int:
         group, images = [], []
         for path in paths[start : start + chunk]:
             try:
-                image = read_image(path, cfg.data.max_image_pixels)
+                image = read_image(path, max_pixels)
                 check_aspect_ratio(image.shape[0], image.shape[1], params, str(path))
             except (AtssError, OSError) as e:
                 failed.append((path, str(e)))
@@ -112,7 +112,7 @@ def run(args) -> int:
             images.append(image)
         if not group:
             continue
-        detections = detect(model, images, cfg, args.batch_size, names=[str(p) for p in group])
+        detections = detect(model, images, config, args.batch_size, names=[str(p) for p in group])
         for path, image, det in zip(group, images, detections):
             picture = out / pictures[path]
             save_detection_grid([image], [det], names, picture, args.score_threshold, [str(path)])

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)  # before TensorFlow is imported: config errors are instant
     from atss_tf.progress import fit_verbosity
-    from atss_tf.trainer import train
+    from atss_tf.training.fit import train
 
     train(cfg, args.out, verbose=fit_verbosity())
     print(f"Model written to {args.out}/model.keras")

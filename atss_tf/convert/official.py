@@ -64,7 +64,7 @@ class ConversionResult:
 
     Attributes:
         model: the built :class:`~atss_tf.model.ATSSDetector` holding the weights.
-        config: its config (``model.config``).
+        config: the config it was built from (``model.detector_config`` is its model part).
         num_tensors: checkpoint tensors copied into the model.
         num_parameters: scalars copied.
         ignored: checkpoint keys deliberately skipped (anchor buffers, counters).
@@ -185,7 +185,7 @@ def infer_config(
     m.input_bgr = True
     m.pixel_mean = OFFICIAL_PIXEL_MEAN_BGR
     m.pixel_std = (1.0, 1.0, 1.0)
-    cfg.official_compat = True
+    cfg.set_official_compat(True)
     cfg.postprocess.score_mode = "sqrt"
     return cfg
 

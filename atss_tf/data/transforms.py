@@ -72,6 +72,17 @@ class TransformConfig:
             max_instances=int(data.max_instances),
         )
 
+    @classmethod
+    def for_detector(cls, detector_config) -> TransformConfig:
+        """The test-time transform a :class:`~atss_tf.config.DetectorConfig`
+        carries (its ``test_size``, ``max_size`` and ``canvases``)."""
+        return cls(
+            min_size=(int(detector_config.test_size),),
+            max_size=int(detector_config.max_size),
+            canvases=tuple((int(h), int(w)) for h, w in detector_config.canvases),
+            pad_value=rgb_pixel_mean(detector_config.model),
+        )
+
     @property
     def random(self) -> bool:
         return len(self.min_size) > 1 or self.flip_prob > 0

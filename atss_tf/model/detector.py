@@ -1,4 +1,12 @@
-"""The ATSS detector as a ``keras.Model``: normalise -> ResNet -> FPN -> head -> flatten."""
+"""The ATSS detector as a ``keras.Model``: normalise -> ResNet -> FPN -> head -> flatten.
+
+It knows the network and how its outputs decode (a
+:class:`~atss_tf.config.DetectorConfig`, what its ``.keras`` file holds, see
+:mod:`atss_tf.model.file_format`). How it is trained - the sample selector
+and the loss settings - is given to ``compile``; the losses, targets and
+post-processing it calls live in :mod:`atss_tf.losses`, :mod:`atss_tf.targets`
+and :mod:`atss_tf.postprocess`.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +16,23 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from atss_tf.anchors import AnchorGrid, anchors_for_config
-from atss_tf.config import Config, from_dict, to_dict
+from atss_tf.anchors import AnchorGrid, generate_anchors
+from atss_tf.boxes import coder_for_model
+from atss_tf.config import AssignerConfig, Config, DetectorConfig, LossConfig
+from atss_tf.data.transforms import boxes_to_original, valid_image_size
+from atss_tf.losses import atss_losses
 from atss_tf.model.canvas_steps import (
     CanvasStepFunction,
     make_iterator_function,
     make_predict_function,
 )
+from atss_tf.model.file_format import detector_config_from_file, detector_config_to_file
 from atss_tf.model.fpn import LEVELS, FeaturePyramid
 from atss_tf.model.head import ATSSHead
 from atss_tf.model.layers import ImageNormalization
 from atss_tf.model.resnet import ResNetBackbone
+from atss_tf.postprocess import postprocess
+from atss_tf.targets import TargetEncoder
 
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)
 
@@ -28,9 +42,10 @@ class ATSSDetector(keras.Model):
     """ATSS (Zhang et al., CVPR 2020) raw network outputs for a batch of images.
 
     Args:
-        config: the full :class:`~atss_tf.config.Config`; ``config.model`` sets
-            the architecture and input normalisation, the rest is kept for
-            training / post-processing code. ``get_config`` stores all of it.
+        config: a :class:`~atss_tf.config.DetectorConfig` (a training
+            ``Config`` is reduced to its ``detector_config()``): architecture, anchors, input
+            normalisation, box geometry, post-processing, class names and
+            test-time input size. ``get_config`` stores it and a format version.
 
     Call:
         ``images``: ``[B, H, W, 3]`` RGB 0..255 (any real dtype) on a padded
@@ -50,6 +65,9 @@ class ATSSDetector(keras.Model):
     (:class:`ATSSHead`). :meth:`features` gives the pyramid maps and
     :meth:`head_outputs` the per-level NHWC head maps.
 
+    Training: ``compile(optimizer, assigner=cfg.assigner, loss_config=cfg.loss)``
+    sets the sample selector and loss settings (defaults: ``Config()``'s).
+
     Example:
         >>> from atss_tf.config import Config
         >>> model = build_detector(Config())
@@ -58,19 +76,25 @@ class ATSSDetector(keras.Model):
         >>> out["cls_logits"].shape[1] == grid.num_anchors
     """
 
-    def __init__(self, config: Config, **kwargs):
+    def __init__(self, config: DetectorConfig | Config, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(config, Config):
-            raise TypeError(f"config must be an atss_tf.config.Config, got {type(config).__name__}")
-        resolved = config.resolved()
-        m = resolved.model
+        if isinstance(config, Config):
+            config = config.detector_config()
+        if not isinstance(config, DetectorConfig):
+            raise TypeError(
+                "config must be an atss_tf.config.DetectorConfig (Config.detector_config()), "
+                f"got {type(config).__name__}"
+            )
+        m = config.model
         if tuple(m.anchors.strides) != PYRAMID_STRIDES:
             raise ValueError(
                 f"model.anchors.strides={tuple(m.anchors.strides)} must be {PYRAMID_STRIDES}: "
                 "the network predicts on P3..P7"
             )
-        self.config = config
-        self._resolved = resolved
+        self.detector_config = config
+        self.coder = coder_for_model(m)
+        self.assigner_config: AssignerConfig = Config().assigner
+        self.loss_config = LossConfig()
         self._anchor_grids: dict[tuple[int, int], AnchorGrid] = {}
         self._encoders: dict[tuple[int, int], object] = {}
         self.loss_trackers = {
@@ -111,6 +135,35 @@ class ATSSDetector(keras.Model):
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of labels 1..C (``model.class_names``, else ``class <k>``)."""
+        names = list(self.detector_config.model.class_names)
+        return names or [f"class {k}" for k in range(1, self.num_classes + 1)]
+
+    def compile(
+        self,
+        optimizer="sgd",
+        *,
+        assigner: AssignerConfig | None = None,
+        loss_config: LossConfig | None = None,
+        **kwargs,
+    ) -> None:
+        """``keras.Model.compile`` plus how to train: ``assigner`` (the sample
+        selector and its settings) and ``loss_config`` (focal and GIoU
+        settings); None keeps the current ones (``Config()``'s at first)."""
+        if assigner is not None:
+            self.assigner_config = assigner
+            self._encoders.clear()
+        if loss_config is not None:
+            self.loss_config = loss_config
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self) -> None:
+        # The compile config would put the optimizer and its learning-rate
+        # schedule into every .keras file; a model file carries only the model.
+        return None
 
     @property
     def anchors_per_location(self) -> int:
@@ -180,23 +233,24 @@ class ATSSDetector(keras.Model):
                 "'gt_mask' in y or x (build_dataset(..., with_gt=True))"
             )
         if image_size not in self._encoders:
-            from atss_tf.targets import TargetEncoder
-
-            self._encoders[image_size] = TargetEncoder(self.config, image_size)
+            self._encoders[image_size] = TargetEncoder(
+                self.detector_config.model,
+                self.assigner_config,
+                image_size,
+                max_instances=gt["gt_boxes"].shape[-2] or 1,
+            )
         return self._encoders[image_size].encode_batch(
             gt["gt_boxes"], gt["gt_labels"], gt["gt_mask"]
         )
 
     def compute_atss_losses(self, x, y, training: bool) -> dict:
         """Forward pass and the three ATSS losses (official per-replica values)."""
-        from atss_tf.losses import atss_losses
-
         images = self._images(x)
         image_size = canvas_size(images)
         targets = self._targets(x, y, image_size)
         outputs = self(images, training=training)
         anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
-        losses = atss_losses(outputs, targets, anchors, self.config)
+        losses = atss_losses(outputs, targets, anchors, self.coder, self.loss_config)
         losses["loss"] = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
         return losses
 
@@ -225,25 +279,31 @@ class ATSSDetector(keras.Model):
 
     def predict_step(self, data):
         """Detections for a batch: ``x`` is images ``[B, H, W, 3]`` (RGB 0..255 on
-        a canvas) or a dict with ``images`` and optionally ``image_info`` (then
-        boxes are clipped to each image's valid, unpadded area).
+        a canvas) or a dict with ``images`` and optionally ``image_info``
+        (:mod:`atss_tf.data.transforms`).
 
-        Returns dict ``boxes`` ``[B, D, 4]`` (continuous xyxy, canvas pixels),
-        ``scores`` ``[B, D]``, ``classes`` ``[B, D]`` int32 (1..C, 0 = padding),
-        ``num_detections`` ``[B]`` int32; D = ``postprocess.max_detections``.
+        Returns dict ``boxes`` ``[B, D, 4]`` continuous xyxy - in original image
+        pixels when ``image_info`` is given (clipped to the valid image area,
+        then mapped back and clipped to the original size), else canvas
+        pixels -, ``scores`` ``[B, D]``, ``classes`` ``[B, D]`` int32 (1..C,
+        0 = padding), ``num_detections`` ``[B]`` int32; D =
+        ``postprocess.max_detections``.
         """
-        from atss_tf.postprocess import postprocess
-
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         images = self._images(x)
-        image_sizes = None
-        if isinstance(x, dict) and "image_info" in x:
-            from atss_tf.data.transforms import valid_image_size
-
-            image_sizes = valid_image_size(x["image_info"])
+        image_info = x.get("image_info") if isinstance(x, dict) else None
         outputs = self(images, training=False)
         grid = self.anchor_grid(canvas_size(images))
-        return postprocess(outputs, grid, self.config, image_sizes=image_sizes)
+        detections = postprocess(
+            outputs,
+            grid,
+            self.coder,
+            self.detector_config.postprocess,
+            image_sizes=None if image_info is None else valid_image_size(image_info),
+        )
+        if image_info is not None:
+            detections["boxes"] = boxes_to_original(detections["boxes"], image_info)
+        return detections
 
     # Keras builds one graph for every batch and relaxes H and W to None once a
     # second canvas arrives; these give each canvas its own static-shape
@@ -307,19 +367,21 @@ class ATSSDetector(keras.Model):
         """Anchors for a canvas ``(height, width)``, in output order (cached)."""
         key = (int(image_size[0]), int(image_size[1]))
         if key not in self._anchor_grids:
-            self._anchor_grids[key] = anchors_for_config(key, self.config)
+            self._anchor_grids[key] = generate_anchors(key, self.detector_config.model.anchors)
         return self._anchor_grids[key]
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config["config"] = to_dict(self.config)
+        config.update(detector_config_to_file(self.detector_config))
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> ATSSDetector:
         config = dict(config)
-        cfg = from_dict(config.pop("config"))
-        return cls(config=cfg, **config)
+        detector = detector_config_from_file(config)
+        for key in ("format_version", "detector", "config"):
+            config.pop(key, None)
+        return cls(detector, **config)
 
 
 def canvas_size(images) -> tuple[int, int]:
@@ -339,24 +401,29 @@ def canvas_size(images) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def build_detector(config: Config, input_shape: Sequence[int | None] | None = None) -> ATSSDetector:
+def build_detector(
+    config: Config | DetectorConfig, input_shape: Sequence[int | None] | None = None
+) -> ATSSDetector:
     """Build an :class:`ATSSDetector` with all weights created.
 
-    With ``config.model.backbone.weights == "imagenet"`` the backbone is
-    initialised from keras.applications ResNet50/101 (downloaded by Keras on
-    first use; see :mod:`atss_tf.model.imagenet`).
+    With ``model.backbone.weights == "imagenet"`` the backbone is initialised
+    from keras.applications ResNet50/101 (downloaded by Keras on first use;
+    see :mod:`atss_tf.convert.keras_applications`).
 
     Args:
-        config: the full config.
+        config: a training :class:`~atss_tf.config.Config` (its
+            ``detector_config()`` is taken) or a ``DetectorConfig``.
         input_shape: ``(B, H, W, 3)`` to build for; default any size.
 
     Returns:
-        The built detector.
+        The built detector (not compiled).
     """
+    if isinstance(config, Config):
+        config = config.detector_config()
     model = ATSSDetector(config)
     model.build(tuple(input_shape) if input_shape is not None else (None, None, None, 3))
     if config.model.backbone.weights == "imagenet":
-        from atss_tf.model.imagenet import load_imagenet_backbone
+        from atss_tf.convert.keras_applications import load_imagenet_backbone
 
         load_imagenet_backbone(model.backbone)
     return model

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import AssignerConfig
 from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
 
 
@@ -207,18 +207,21 @@ def candidates(
 
 
 def select(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    assigner: AssignerConfig,
+    inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """ATSS positives; the selector interface of :mod:`atss_tf.targets.common`.
 
-    ``config.assigner``: ``topk`` (k per level and anchor per location),
+    ``assigner``: ``topk`` (k per level and anchor per location),
     ``center_margin``, ``fallback_best_candidate`` (a valid GT left without
     positive gets its highest-IoU candidate, if that IoU is > 0; ties: lowest
     anchor index; it still competes with other GTs for that anchor). Never
     ignores anchors.
     """
-    cfg = config.resolved()
-    k = cfg.assigner.topk
+    k = assigner.topk
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
 
@@ -236,10 +239,10 @@ def select(
     var = tf.reduce_sum(sq, axis=-1, keepdims=True) / max(num_candidates - 1, 1)
     threshold = best + mean_dev + tf.sqrt(var)
 
-    inside = points_inside(points, gt, cfg.assigner.center_margin)
+    inside = points_inside(points, gt, assigner.center_margin)
     positive = selected & (overlaps >= threshold) & inside
 
-    if cfg.assigner.fallback_best_candidate:
+    if assigner.fallback_best_candidate:
         has_positive = tf.reduce_any(positive, axis=-1, keepdims=True)
         eligible = selected & (overlaps == best) & (best > 0.0)
         first = tf.reduce_min(tf.where(eligible, anchor, grid.num_anchors), axis=-1, keepdims=True)

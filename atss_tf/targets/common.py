@@ -2,7 +2,7 @@
 
 Every selector has the signature
 
-``select(grid, gt_boxes, gt_mask, config) -> (matched_gt, ignore)``
+``select(grid, gt_boxes, gt_mask, assigner, inclusive=False) -> (matched_gt, ignore)``
 
 * ``grid``: the :class:`~atss_tf.anchors.AnchorGrid` of the canvas (NumPy
   constants, embedded in the traced graph).
@@ -10,7 +10,9 @@ Every selector has the signature
   ``[x1, y1, x2, y2]`` canvas pixels (ATSS_SPEC §0).
 * ``gt_mask``: ``[M]`` or ``[B, M]`` bool, True for valid rows. Padded rows may
   hold any values; they never match and never produce NaNs.
-* ``config``: a :class:`~atss_tf.config.Config` (resolved inside).
+* ``assigner``: the :class:`~atss_tf.config.AssignerConfig` section.
+* ``inclusive``: the model's box geometry (``model.inclusive_geometry``);
+  only the FCOS scale ranges measure distances with it.
 
 Returns ``matched_gt`` ``[A]`` / ``[B, A]`` int32 (index of the matched GT row,
 -1 for background and ignored anchors) and ``ignore`` ``[A]`` / ``[B, A]`` bool
@@ -26,9 +28,11 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import AssignerConfig
 
-Selector = Callable[[AnchorGrid, tf.Tensor, tf.Tensor, Config], tuple[tf.Tensor, tf.Tensor]]
+Selector = Callable[
+    [AnchorGrid, tf.Tensor, tf.Tensor, AssignerConfig, bool], tuple[tf.Tensor, tf.Tensor]
+]
 
 _LOW32 = 0xFFFFFFFF
 

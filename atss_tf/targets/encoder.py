@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from atss_tf import boxes as box_ops
-from atss_tf.anchors import AnchorGrid, anchors_for_config, level_shape
-from atss_tf.config import Config, ConfigError
+from atss_tf.anchors import AnchorGrid, generate_anchors, level_shape
+from atss_tf.config import AssignerConfig, Config, ConfigError, ModelConfig
 from atss_tf.targets import atss, fcos, iou, topk
 from atss_tf.targets.common import Selector
 
@@ -35,7 +35,11 @@ MAX_ATSS_LEVEL_LOCATIONS = 2**22
 
 
 def check_encoder_size(
-    config: Config, image_size: tuple[int, int], num_gt: int, what: str = "canvas"
+    model: ModelConfig,
+    assigner: AssignerConfig,
+    image_size: tuple[int, int],
+    num_gt: int,
+    what: str = "canvas",
 ) -> None:
     """Refuse a canvas the encoder cannot handle, in microseconds, before work.
 
@@ -43,7 +47,7 @@ def check_encoder_size(
         ConfigError: naming ``what`` (e.g. ``data.canvases``), the size and the limit.
     """
     height, width = int(image_size[0]), int(image_size[1])
-    anchors = config.model.anchors
+    anchors = model.anchors
     cells = [level_shape(height, s) * level_shape(width, s) for s in anchors.strides]
     num_anchors = sum(cells) * anchors.anchors_per_location
     matrix = num_anchors * max(int(num_gt), 1) * 4
@@ -54,7 +58,7 @@ def check_encoder_size(
             f"{MAX_ENCODER_MATRIX_BYTES / 1024**3:.0f} GiB); use a smaller canvas or "
             "data.max_instances"
         )
-    if config.assigner.type == "atss" and max(cells) > MAX_ATSS_LEVEL_LOCATIONS:
+    if assigner.type == "atss" and max(cells) > MAX_ATSS_LEVEL_LOCATIONS:
         raise ConfigError(
             f"{what} {height}x{width} is too large for the ATSS selector: its finest level has "
             f"{max(cells):,} locations (limit {MAX_ATSS_LEVEL_LOCATIONS:,})"
@@ -65,13 +69,16 @@ class TargetEncoder:
     """Classification and regression targets for every anchor of one canvas.
 
     Args:
-        config: a :class:`~atss_tf.config.Config`; compat settings are resolved
-            here (``config.resolved()``).
+        model: the ``model`` section (anchors, box coder, geometry).
+        assigner: the ``assigner`` section (which selector, its settings).
         image_size: the padded canvas ``(height, width)``.
+        max_instances: ground-truth rows per image it must handle (the size
+            check; any M works).
 
+    :meth:`from_config` takes a whole :class:`~atss_tf.config.Config`.
     Calling it on one image::
 
-        enc = TargetEncoder(config, image_size=(H, W))
+        enc = TargetEncoder.from_config(config, image_size=(H, W))
         t = enc(boxes, labels, mask)
         # boxes [M, 4] float32 continuous xyxy canvas pixels, labels [M] int32
         # in 1..C, mask [M] bool (valid rows); M is any static size
@@ -95,14 +102,20 @@ class TargetEncoder:
     background with finite values.
     """
 
-    def __init__(self, config: Config, image_size: tuple[int, int]):
-        self.config = config.resolved()
+    def __init__(
+        self,
+        model: ModelConfig,
+        assigner: AssignerConfig,
+        image_size: tuple[int, int],
+        max_instances: int = 100,
+    ):
+        self.model_config = model
+        self.assigner = assigner
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        check_encoder_size(self.config, self.image_size, self.config.data.max_instances)
-        self.anchor_grid: AnchorGrid = anchors_for_config(self.image_size, self.config)
-        cfg = self.config
-        self.selector: Selector = SELECTORS[cfg.assigner.type]
-        self.coder = box_ops.coder_for_config(cfg)
+        check_encoder_size(model, assigner, self.image_size, max_instances)
+        self.anchor_grid: AnchorGrid = generate_anchors(self.image_size, model.anchors)
+        self.selector: Selector = SELECTORS[assigner.type]
+        self.coder = box_ops.coder_for_model(model)
 
         # Per-instance closures: each encoder owns its traces (and TF does not
         # mistake several encoders for one function retracing).
@@ -132,6 +145,11 @@ class TargetEncoder:
             jit_compile=True,
             autograph=False,
         )
+
+    @classmethod
+    def from_config(cls, config: Config, image_size: tuple[int, int]) -> TargetEncoder:
+        """The encoder of a full config (``model``, ``assigner``, ``data.max_instances``)."""
+        return cls(config.model, config.assigner, image_size, config.data.max_instances)
 
     def __call__(self, boxes, labels, mask) -> dict[str, tf.Tensor]:
         """Targets of one image: ``boxes [M, 4]``, ``labels [M]``, ``mask [M]``."""
@@ -172,7 +190,9 @@ class TargetEncoder:
         mask = tf.concat([mask, tf.zeros([batch, 1], tf.bool)], axis=1)
         boxes = tf.where(mask[..., None], boxes, 0.0)
 
-        matched, ignore = self.selector(self.anchor_grid, boxes, mask, self.config)
+        matched, ignore = self.selector(
+            self.anchor_grid, boxes, mask, self.assigner, self.coder.inclusive
+        )
         positive = matched >= 0
         # Rows of the flattened [B * (M + 1)] ground truth.
         row = tf.maximum(matched, 0) + tf.range(batch)[:, None] * tf.shape(boxes)[1]

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import AssignerConfig
 from atss_tf.targets.common import (
     batched_inputs,
     level_table,
@@ -34,10 +34,13 @@ from atss_tf.targets.common import (
 
 
 def _select(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config, centre: bool
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    a: AssignerConfig,
+    inclusive: bool,
+    centre: bool,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    cfg = config.resolved()
-    a = cfg.assigner
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     points = tf.constant(grid.centers)[None, :, None, :]  # [1, A, 1, 2]
     gt = boxes[:, None, :, :]  # [B, 1, M, 4]
@@ -56,7 +59,7 @@ def _select(
         inside = points_inside(points, region, a.center_margin)
     else:
         inside = points_inside(points, gt, a.center_margin)
-    offset = 0.5 if cfg.loss.inclusive_geometry else 0.0
+    offset = 0.5 if inclusive else 0.0
     extent = tf.reduce_max(box_ops.ltrb_distances(points, gt, offset=offset), axis=-1)
     low = level_table(grid, [r[0] for r in a.fcos_ranges])[None, :, None]
     high = level_table(grid, [r[1] for r in a.fcos_ranges])[None, :, None]
@@ -68,14 +71,22 @@ def _select(
 
 
 def select(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    assigner: AssignerConfig,
+    inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """FCOS spatial and scale constraint; selector interface of :mod:`atss_tf.targets.common`."""
-    return _select(grid, gt_boxes, gt_mask, config, centre=False)
+    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, centre=False)
 
 
 def select_center(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    assigner: AssignerConfig,
+    inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """FCOS with centre sampling (``assigner.center_radius``); same interface."""
-    return _select(grid, gt_boxes, gt_mask, config, centre=True)
+    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, centre=True)

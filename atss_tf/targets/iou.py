@@ -21,21 +21,24 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import AssignerConfig
 from atss_tf.targets.common import batched_inputs, lowest_index_of_best, points_inside, unbatch
 
 
 def select(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    assigner: AssignerConfig,
+    inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """IoU (RetinaNet) positives and ignored anchors; dense A x M IoUs.
 
-    ``config.assigner``: ``positive_iou``, ``negative_iou``,
+    ``assigner``: ``positive_iou``, ``negative_iou``,
     ``low_quality_matches``, ``center_margin``. Selector interface of
     :mod:`atss_tf.targets.common`.
     """
-    cfg = config.resolved()
-    a = cfg.assigner
+    a = assigner
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     anchors = tf.constant(grid.boxes)
     overlaps = box_ops.iou(anchors[None, :, None, :], boxes[:, None, :, :])  # [B, A, M]

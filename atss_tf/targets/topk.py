@@ -15,16 +15,19 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
-from atss_tf.config import Config
+from atss_tf.config import AssignerConfig
 from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
 
 
 def select(
-    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, config: Config
+    grid: AnchorGrid,
+    gt_boxes: tf.Tensor,
+    gt_mask: tf.Tensor,
+    assigner: AssignerConfig,
+    inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """TOPK positives; selector interface of :mod:`atss_tf.targets.common`."""
-    cfg = config.resolved()
-    k = min(cfg.assigner.topk, grid.num_anchors)
+    k = min(assigner.topk, grid.num_anchors)
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
     anchors = tf.constant(grid.boxes)
@@ -36,7 +39,7 @@ def select(
     score = overlaps - tf.math.divide_no_nan(dist, dist_max) / 1000.0
     _, top = tf.math.top_k(score, k)  # [B, M, k]
     gt = boxes[:, :, None, :]
-    positive = points_inside(tf.gather(points, top), gt, cfg.assigner.center_margin)
+    positive = points_inside(tf.gather(points, top), gt, assigner.center_margin)
     positive &= mask[..., None]
     gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(top))
     matched = best_gt_per_anchor(

@@ -198,3 +198,33 @@ class TrainingLog(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.flush()
+
+
+class CocoEvalCallback(keras.callbacks.Callback):
+    """Runs ``evaluate_fn()`` every ``every_n_epochs`` epochs and logs ``val_<metric>``.
+
+    ``evaluate_fn`` returns the metric dict (see :func:`atss_tf.evaluation.evaluate_model`);
+    the values land in ``logs`` so History and a :class:`~atss_tf.training.callbacks.
+    TrainingLog` placed *after* this callback record them. With ``picture_fn``
+    (returning PNG bytes) and ``training_log``, a picture of detections is
+    logged at each evaluation too.
+    """
+
+    def __init__(self, evaluate_fn, every_n_epochs: int = 1, picture_fn=None, training_log=None):
+        super().__init__()
+        self.evaluate_fn = evaluate_fn
+        self.every_n_epochs = int(every_n_epochs)
+        self.picture_fn = picture_fn
+        self.training_log = training_log
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_epochs <= 0 or (epoch + 1) % self.every_n_epochs:
+            return
+        metrics = self.evaluate_fn()
+        self.history.append(metrics)
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in metrics.items()})
+        if self.picture_fn is not None and self.training_log is not None:
+            step = int(self.model.optimizer.iterations.numpy())
+            self.training_log.log_picture(step, self.picture_fn())

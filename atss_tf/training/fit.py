@@ -1,25 +1,31 @@
 """The fit driver: strategy, model, optimizer, data, callbacks, resume, evaluation.
 
-``train(config, out_dir)`` is what ``atss-tf train`` and ``atss-tf demo`` run;
-notebook users can do the same steps by hand (``build_detector``,
+``train(config, out_dir)`` is what ``atss-tf train`` and ``atss-tf demo`` run:
+config -> :func:`~atss_tf.data.pipeline.build_dataset` (with the
+:class:`~atss_tf.targets.TargetEncoder` of each canvas) -> detector compiled
+with the official optimizer -> ``model.fit`` with checkpoints, TensorBoard and
+COCO evaluation (:mod:`atss_tf.evaluation`) -> ``model.keras``. Notebook
+users can do the same steps by hand (``build_detector``,
 ``compile_detector``, ``build_dataset``, ``model.fit``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
-from atss_tf.evaluation import CocoEvalCallback, CocoEvaluator
+from atss_tf.evaluation import make_evaluate_fn
 from atss_tf.training.callbacks import (
+    CocoEvalCallback,
     ResumableCheckpoint,
     StopOnNaN,
     TrainingLog,
@@ -27,6 +33,8 @@ from atss_tf.training.callbacks import (
 )
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
+
+logger = logging.getLogger("atss_tf")
 
 
 def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
@@ -59,66 +67,45 @@ def make_optimizer(cfg: Config) -> CoupledSGD:
 
 
 def compile_detector(model: keras.Model, cfg: Config) -> keras.Model:
-    """Compile with the official optimizer (mixed precision wraps it in loss scaling)."""
+    """Compile with the official optimizer (mixed precision wraps it in loss
+    scaling), ``cfg.assigner``'s sample selection and ``cfg.loss``."""
     optimizer = make_optimizer(cfg)
     if cfg.train.mixed_precision:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, jit_compile=cfg.train.jit_compile)
+    model.compile(
+        optimizer=optimizer,
+        assigner=cfg.assigner,
+        loss_config=cfg.loss,
+        jit_compile=cfg.train.jit_compile,
+    )
     return model
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers built inside take Keras dtype policy ``name``; the global policy
+    is restored on exit (a model built for mixed precision leaves none behind)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = None):
-    """Build and compile the detector (and its optimizer variables) in ``strategy``'s scope."""
+    """Build and compile the detector (and its optimizer variables) in
+    ``strategy``'s scope; with ``train.mixed_precision`` its layers compute in
+    float16 (the global dtype policy is left as it was)."""
     from atss_tf.model import build_detector
 
     strategy = strategy or tf.distribute.get_strategy()
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    with strategy.scope():
+    policy = "mixed_float16" if cfg.train.mixed_precision else keras.config.dtype_policy().name
+    with strategy.scope(), dtype_policy(policy):
         model = build_detector(cfg)
         compile_detector(model, cfg)
         model.optimizer.build(model.trainable_variables)
     return model
-
-
-def evaluate_model(
-    model: keras.Model,
-    dataset: tf.data.Dataset,
-    evaluator: CocoEvaluator,
-    num_images: int | None = None,
-) -> dict[str, float]:
-    """Run ``model.predict_on_batch`` over a validation dataset and score with COCO.
-
-    The dataset yields ``inputs`` dicts (``images``, ``image_info``, ``image_id``)
-    as built by :func:`atss_tf.data.pipeline.build_dataset` with ``split="val"``;
-    boxes are mapped back to original image coordinates before scoring. With
-    ``num_images``, a progress bar counts the images.
-    """
-    from atss_tf.data.transforms import boxes_to_original
-    from atss_tf.progress import progress_bar
-
-    evaluator.reset()
-    bar = (
-        progress_bar(num_images, f"Evaluating on {num_images} images", "image")
-        if num_images
-        else None
-    )
-    done = 0
-    for element in dataset:
-        inputs = element[0] if isinstance(element, tuple) else element
-        det = model.predict_on_batch(inputs)
-        boxes = boxes_to_original(det["boxes"], inputs["image_info"])
-        evaluator.add(
-            inputs["image_id"].numpy(),
-            np.asarray(boxes),
-            det["scores"],
-            det["classes"],
-            det["num_detections"],
-        )
-        done += int(inputs["image_id"].shape[0])
-        if bar is not None:
-            bar.update(min(done, num_images))
-    return evaluator.evaluate()
 
 
 # Settings a resumed run may change: how long it runs, how it is evaluated and
@@ -189,6 +176,7 @@ def train(
     from atss_tf.data.pipeline import build_dataset
     from atss_tf.progress import fit_verbosity
     from atss_tf.targets import TargetEncoder
+    from atss_tf.visualization import make_picture_fn
 
     out = Path(out_dir)
     ckpt = ResumableCheckpoint(out / "checkpoints")
@@ -201,7 +189,7 @@ def train(
     train_ds = build_dataset(
         cfg,
         "train",
-        encoder_factory=lambda size: TargetEncoder(cfg, size),
+        encoder_factory=lambda size: TargetEncoder.from_config(cfg, size),
         seed=cfg.train.seed + initial_epoch,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +198,9 @@ def train(
     model = build_training_model(cfg, strategy)
     info = ckpt.restore(model)
     if info:
-        print(f"Resumed from {info['path']} at step {info['step']} (epoch {initial_epoch}).")
+        logger.info(
+            "Resumed from %s at step %d (epoch %d).", info["path"], info["step"], initial_epoch
+        )
         if on_resume is not None:
             on_resume(info)
     epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
@@ -245,47 +235,3 @@ def train(
         log.log_metrics(step, metrics)
         log.log_picture(step, picture_fn())
     return model
-
-
-def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
-    """A closure that evaluates ``model`` on the configured validation set
-    (its data report is logged now, once)."""
-    from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
-
-    from_json = cfg.data.val_annotations and not cfg.data.val_tfrecords  # as build_dataset
-    source = load_split(cfg, "val") if from_json else None
-    val_ds = build_dataset(cfg, "val", source=source)
-    coco, category_ids = load_val_annotations(cfg)
-    evaluator = CocoEvaluator(coco, category_ids)
-    num_images = len(source) if source is not None else None
-
-    def evaluate_fn() -> dict[str, float]:
-        metrics = evaluate_model(model, val_ds, evaluator, num_images)
-        if out is not None:
-            evaluator.write(out / "detections.json")
-        return metrics
-
-    return evaluate_fn
-
-
-def make_picture_fn(model: keras.Model, cfg: Config, count: int = 4) -> Callable[[], bytes | None]:
-    """A closure drawing ``model``'s detections on the first ``count``
-    validation images, returning PNG bytes (for TensorBoard; None without
-    readable validation images)."""
-    import io
-
-    from atss_tf.data.pipeline import first_images
-    from atss_tf.inference import class_names, detect, save_detection_grid
-
-    images, titles = first_images(cfg, "val", count)
-
-    def picture_fn() -> bytes | None:
-        if not images:
-            return None
-        buffer = io.BytesIO()
-        save_detection_grid(
-            images, detect(model, images, cfg), class_names(cfg), buffer, titles=titles
-        )
-        return buffer.getvalue()
-
-    return picture_fn
