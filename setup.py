@@ -16,7 +16,12 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["atss_tf", "atss_tf.*"]),
+    packages=find_packages(include=["atss_tf", "atss_tf.*"])
+    + ["atss_tf.configs", "atss_tf.configs.ablations"],
+    # configs/ stays at the top of the repository and ships inside the package
+    # as atss_tf.configs, so a wheel install finds every config.
+    package_dir={"atss_tf.configs": "configs"},
+    package_data={"atss_tf.configs": ["*.yaml", "ablations/*.yaml"]},
     install_requires=[
         "tensorflow>=2.20",
         "keras>=3.8",

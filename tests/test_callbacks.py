@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from atss_tf.evaluation import CocoEvalCallback
+from atss_tf.training.callbacks import CocoEvalCallback
 from atss_tf.training.callbacks import ResumableCheckpoint, StopOnNaN
 
 

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from atss_tf.commands.common import add_config_arguments
+from atss_tf.commands.common import add_config_arguments, find_config
 from atss_tf.errors import UsageError
 
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from atss_tf.config import load_config
 
     overrides = list(args.overrides) + (["official_compat=true"] if args.official_compat else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(find_config(args.config) if args.config else None, overrides)
     height, width = args.image_size
     if height <= 0 or width <= 0:
         raise InputError(f"--image-size must be two positive integers, got {height} {width}")

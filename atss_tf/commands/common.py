@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+import os
 from pathlib import Path
 
 from atss_tf.config import Config, ConfigError, load_config
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# The configs/ folder ships inside the package as atss_tf.configs (setup.py's
+# package_dir); a source checkout that was not installed has it beside atss_tf/.
+_SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def shipped_configs_dir() -> Path:
+    """The folder of the configs shipped with atss-tf (``configs/`` of the repo)."""
+    try:
+        folder = Path(str(importlib.resources.files("atss_tf.configs")))
+    except ModuleNotFoundError:
+        folder = _SOURCE_CONFIGS
+    return folder if folder.is_dir() else _SOURCE_CONFIGS
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file: ``name`` itself when it exists, else the shipped config
+    it names (``configs/demo_shapes.yaml``, ``demo_shapes.yaml`` or
+    ``demo_shapes``), so the README's commands work from any folder and from
+    a wheel install."""
+    path = Path(name)
+    if path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = shipped_configs_dir().joinpath(*parts) if parts else None
+    for candidate in (shipped, shipped.with_suffix(".yaml") if shipped else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return path  # load_config names it as not found
 
 
 def add_config_arguments(
@@ -26,15 +55,12 @@ def add_config_arguments(
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
+    return load_config(find_config(args.config) if args.config else None, args.overrides)
 
 
 def shipped_config(name: str) -> Path:
-    """A config of the repository's ``configs/`` folder (editable installs)."""
-    path = REPO_CONFIGS / name
-    if not path.exists():
-        raise ConfigError(
-            f"{path} not found: install atss-tf from a clone with `pip install -e .` "
-            "or pass --config"
-        )
+    """A config shipped with atss-tf, by file name."""
+    path = shipped_configs_dir() / name
+    if not path.is_file():
+        raise ConfigError(f"shipped config {name} not found in {shipped_configs_dir()}")
     return path

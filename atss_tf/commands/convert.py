@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from atss_tf.commands.common import add_config_arguments
+from atss_tf.commands.common import add_config_arguments, find_config
 
 FORMATS = ("official",)
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from atss_tf.config import load_config
     from atss_tf.convert import convert_official
 
-    base = load_config(args.config, args.overrides)
+    base = load_config(find_config(args.config) if args.config else None, args.overrides)
     stride = {"auto": None, "true": True, "false": False}[args.stride_in_1x1]
     result = convert_official(
         args.checkpoint, args.output, base, stride_in_1x1=stride, progress=True

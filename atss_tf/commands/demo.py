@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from atss_tf.commands.common import add_config_arguments, shipped_config
+from atss_tf.commands.common import add_config_arguments, find_config, shipped_config
 from atss_tf.errors import UsageError
 
 DEMO_OBJECT_SIZE = (8, 200)
@@ -44,7 +44,8 @@ def prepare_demo_config(args, out: Path):
     from atss_tf.config import load_config
     from atss_tf.data.synthetic import SHAPES, generate_synthetic_coco
 
-    cfg = load_config(args.config or shipped_config("demo_shapes.yaml"), args.overrides)
+    path = find_config(args.config) if args.config else shipped_config("demo_shapes.yaml")
+    cfg = load_config(path, args.overrides)
     (h, w) = cfg.data.canvases[0]
     data_dir = out / "data"
     splits = {}

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from atss_tf.commands.common import add_config_arguments
+from atss_tf.commands.common import add_config_arguments, find_config
 from atss_tf.errors import AtssError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    config = load_config(args.config, args.overrides) if args.config else None
+    config = load_config(find_config(args.config), args.overrides) if args.config else None
     paths = image_paths(args.images)
 
     from atss_tf.config import DEFAULT_MAX_PIXELS

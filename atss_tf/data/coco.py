@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from atss_tf.boxes import xywh_to_xyxy
+from atss_tf.data.cleaning import BOX_COUNTS, CROWD_MODES, admit_image, clean_boxes
 from atss_tf.data.image_files import (
     BAD_IMAGE_POLICIES,
     DEFAULT_MAX_PIXELS,
@@ -38,8 +39,6 @@ from atss_tf.data.image_files import (
 from atss_tf.errors import DataError
 
 logger = logging.getLogger("atss_tf.data")
-
-CROWD_MODES = ("drop", "ignore")
 
 # DataReport counters, in the order they are reported.
 REPORT_KEYS = {
@@ -284,13 +283,12 @@ def load_coco(
 ) -> CocoDataset:
     """Read a COCO split into records (see the module docstring).
 
-    Per annotation, in this order: crowd boxes are dropped (``crowd="drop"``)
-    or kept flagged (``"ignore"``); boxes with ``w`` or ``h <= 0`` are dropped;
-    boxes are clipped to ``[0, width] x [0, height]`` and dropped if nothing is
-    left; beyond ``max_instances`` per image (``None``: no limit) the first
-    ones in json order are kept. Images with no annotation, or none left, are
-    skipped when ``training`` and kept (with zero boxes) otherwise. Every case
-    is counted in the returned report, which is logged once.
+    The boxes are cleaned by the rules of :mod:`atss_tf.data.cleaning` (the
+    same as for TFRecords), beyond ``max_instances`` per image (``None``: no
+    limit) the first ones in json order are kept, and images with no
+    annotation, or none left, are skipped when ``training`` and kept (with
+    zero boxes) otherwise. Every case is counted in the returned report,
+    which is logged once.
 
     Args:
         annotations: COCO json path.
@@ -322,39 +320,63 @@ def load_coco(
     category_map = CategoryMap.from_coco(data["categories"])
     report = DataReport(source=ann_path)
 
-    per_image: dict[int, list[dict]] = {}
     images = data["images"]
-    known = {im["id"] for im in images}
-    if len(known) != len(images):
+    index_of = {im["id"]: i for i, im in enumerate(images)}
+    if len(index_of) != len(images):
         raise DataError(f"{ann_path}: images has duplicate ids")
-    for a in data.get("annotations", []):
-        if a["image_id"] not in known:
+    anns = data.get("annotations", [])
+    for a in anns:
+        if a["image_id"] not in index_of:
             raise DataError(
                 f"{ann_path}: annotation id {a['id']} refers to image id {a['image_id']}, "
                 "which is not in 'images'"
             )
-        per_image.setdefault(a["image_id"], []).append(a)
-
-    records = []
-    for im in images:
-        anns = per_image.get(im["id"], [])
-        report.add("images")
-        report.add("annotations", len(anns))
-        rec = _image_record(
-            im, anns, category_map, crowd, max_instances, images_dir, ann_path, report
+    labels = _labels(anns, category_map, ann_path)
+    image_index = np.array([index_of[a["image_id"]] for a in anns], dtype=np.int64)
+    xywh = np.array([[float(v) for v in a["bbox"]] for a in anns], np.float64).reshape(-1, 4)
+    is_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    areas = np.array(
+        [float(a["area"]) if "area" in a else w * h for a, (_, _, w, h) in zip(anns, xywh)],
+        np.float32,
+    )
+    sizes = np.array([(im["height"], im["width"]) for im in images], np.float64).reshape(-1, 2)
+    clipped, keep, outcome = (
+        np.asarray(t)
+        for t in clean_boxes(
+            xywh_to_xyxy(xywh),
+            is_crowd,
+            sizes[image_index, 0],
+            sizes[image_index, 1],
+            crowd,
         )
-        if training and not (~rec["is_crowd"]).any():
-            report.add(
-                "images_without_valid_boxes_skipped"
-                if anns
-                else "images_without_annotations_skipped"
-            )
+    )
+    for key, n in zip(BOX_COUNTS, outcome.sum(axis=0) if len(anns) else [0] * len(BOX_COUNTS)):
+        report.add(key, int(n))
+
+    # Rows of each image in json order.
+    order = np.argsort(image_index, kind="stable")
+    bounds = np.searchsorted(image_index[order], np.arange(len(images) + 1))
+    records = []
+    for i, im in enumerate(images):
+        rows = order[bounds[i] : bounds[i + 1]]
+        kept = rows[keep[rows]]
+        count = admit_image(report, len(rows), is_crowd[kept], training, max_instances)
+        if count is None:
             continue
-        if not anns:
-            report.add("images_without_annotations_kept")
-        report.add("images_kept")
-        report.add("boxes_kept", rec["boxes"].shape[0])
-        records.append(rec)
+        kept = kept[:count]
+        records.append(
+            {
+                "image_id": im["id"],
+                "file_name": im["file_name"],
+                "path": os.path.join(images_dir, im["file_name"]),
+                "height": im["height"],
+                "width": im["width"],
+                "boxes": clipped[kept].astype(np.float32).reshape(-1, 4),
+                "labels": labels[kept],
+                "is_crowd": is_crowd[kept],
+                "areas": areas[kept],
+            }
+        )
 
     records = _drop_bad_images(records, ann_path, image_check, bad_images, max_pixels, report)
     report.log()
@@ -407,65 +429,16 @@ def _drop_bad_images(
     return [r for i, r in enumerate(records) if i not in bad]
 
 
-def _image_record(
-    im: dict,
-    anns: list[dict],
-    category_map: CategoryMap,
-    crowd: str,
-    max_instances: int | None,
-    images_dir: str,
-    ann_path: str,
-    report: DataReport,
-) -> dict[str, Any]:
-    height, width = im["height"], im["width"]
-    boxes, labels, crowds, areas = [], [], [], []
-    truncated = False
-    for a in anns:
-        try:
-            label = int(category_map.to_labels([a["category_id"]])[0])
-        except KeyError:
-            raise DataError(
-                f"{ann_path}: annotation id {a['id']} of image id {im['id']} has unknown "
-                f"category id {a['category_id']} (known: {list(category_map.category_ids)})"
-            ) from None
-        is_crowd = bool(a.get("iscrowd", 0))
-        if is_crowd and crowd == "drop":
-            report.add("crowd_dropped")
-            continue
-        x, y, w, h = (float(v) for v in a["bbox"])
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            report.add("nonfinite_dropped")
-            continue
-        if w <= 0 or h <= 0:
-            report.add("degenerate_dropped")
-            continue
-        box = np.array([x, y, x + w, y + h], dtype=np.float64)
-        clipped = np.clip(box, 0.0, [width, height, width, height])
-        if (clipped != box).any():
-            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-                report.add("outside_dropped")
-                continue
-            report.add("boxes_clipped")
-        if max_instances is not None and len(boxes) >= max_instances:
-            report.add("boxes_truncated")
-            if not truncated:
-                report.add("images_truncated")
-                truncated = True
-            continue
-        if is_crowd:
-            report.add("crowd_kept")
-        boxes.append(clipped)
-        labels.append(label)
-        crowds.append(is_crowd)
-        areas.append(float(a.get("area", w * h)))
-    return {
-        "image_id": im["id"],
-        "file_name": im["file_name"],
-        "path": os.path.join(images_dir, im["file_name"]),
-        "height": height,
-        "width": width,
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        "labels": np.asarray(labels, dtype=np.int32),
-        "is_crowd": np.asarray(crowds, dtype=bool),
-        "areas": np.asarray(areas, dtype=np.float32),
-    }
+def _labels(anns: list[dict], category_map: CategoryMap, ann_path: str) -> np.ndarray:
+    """Contiguous labels ``[n]`` int32 of the annotations; an unknown category
+    id fails naming the annotation and its image."""
+    ids = np.array([a["category_id"] for a in anns], dtype=np.int64)
+    try:
+        return category_map.to_labels(ids).astype(np.int32)
+    except KeyError:
+        known = set(category_map.category_ids)
+        a = next(a for a in anns if a["category_id"] not in known)
+        raise DataError(
+            f"{ann_path}: annotation id {a['id']} of image id {a['image_id']} has unknown "
+            f"category id {a['category_id']} (known: {list(category_map.category_ids)})"
+        ) from None

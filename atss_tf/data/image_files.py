@@ -45,6 +45,8 @@ IMAGE_MAGIC = {
     b"GIF89a": "gif",
     b"BM": "bmp",
 }
+# End-of-image markers a complete file holds in its last bytes (BMP: its size).
+END_MARKERS = {"jpeg": b"\xff\xd9", "png": b"IEND\xaeB`\x82", "gif": b";"}
 _TAIL_BYTES = 1024
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -66,12 +68,10 @@ class ImageHeader:
 
 def _is_complete(fmt: str, tail: bytes, size: int, head: bytes) -> bool:
     """Whether the last bytes hold the format's end marker (not truncated)."""
-    if fmt == "jpeg":
-        return b"\xff\xd9" in tail
-    if fmt == "png":
-        return b"IEND\xaeB`\x82" in tail
+    if fmt in ("jpeg", "png"):
+        return END_MARKERS[fmt] in tail
     if fmt == "gif":
-        return b";" in tail[-16:]
+        return END_MARKERS[fmt] in tail[-16:]
     if fmt == "bmp":
         return len(head) >= 6 and size >= int.from_bytes(head[2:6], "little")
     return True

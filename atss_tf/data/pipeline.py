@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -223,7 +224,7 @@ def _tfrecord_records(
         return tf.cond(ok, lambda: ok, warn)
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).filter(usable)
-    if training:
+    if training:  # the per-image rule of cleaning.admit_image, in the graph
         ds = ds.filter(lambda e: tf.reduce_any(tf.logical_not(e["is_crowd"])))
     return ds
 
@@ -252,6 +253,138 @@ def _encode(
     return tf.switch_case(canvas_index, [call(e) for e in encoders])
 
 
+@dataclass
+class Source:
+    """Where a split's images come from, as per-image elements (no pixels yet).
+
+    Attributes:
+        elements: a dataset of light per-image elements.
+        load: element -> the parsed example every source decodes to:
+            ``image`` uint8 ``[h, w, 3]``, ``image_id`` int64, ``boxes`` float32
+            ``[n, 4]`` continuous xyxy pixels (cleaned by
+            :mod:`atss_tf.data.cleaning`), ``labels`` int32 ``[n]`` (1..C),
+            ``is_crowd`` bool ``[n]``.
+        category_map: dataset category ids <-> labels.
+        shuffle_buffer: elements to shuffle over in training.
+    """
+
+    elements: tf.data.Dataset
+    load: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
+    category_map: CategoryMap
+    shuffle_buffer: int
+
+
+def open_source(
+    config,
+    split: str,
+    source: CocoDataset | str | None = None,
+    category_map: CategoryMap | None = None,
+    seed: int = 0,
+    scan_tfrecords: bool = False,
+) -> Source:
+    """The :class:`Source` of a split: a loaded :class:`CocoDataset`, a TFRecord
+    glob, or by default ``data.{split}_tfrecords`` if set, else the split's
+    COCO json and images.
+
+    Raises:
+        DataError: no usable training image, or a category count that differs
+            from ``model.num_classes``.
+    """
+    training = split == "train"
+    data = config.data
+    if source is None:
+        _, _, pattern = _split_settings(config, split)
+        source = pattern if pattern else load_split(config, split)
+    if isinstance(source, CocoDataset):
+        if training and not len(source):
+            raise DataError(
+                f"no usable training image in {source.annotations_path}: {source.report.summary()}"
+            )
+        # JSON-sourced elements hold no pixels: shuffle the whole split like the
+        # official sampler.
+        result = Source(
+            _records_dataset(source), _load_coco_element, source.category_map, len(source)
+        )
+    else:
+        files = tfrecords.match_files(source)
+        category_map = category_map or resolve_category_map(config, split)
+        if scan_tfrecords:
+            tfrecords.scan_report(
+                files,
+                category_map,
+                training=training,
+                crowd=data.crowd,
+                max_instances=data.max_instances,
+            ).log(logger)
+        else:
+            logger.info(
+                "%s: %d TFRecord files; crowd=%s, empty images %s, boxes beyond %d truncated, "
+                "in the pipeline (scan_tfrecords=True counts them)",
+                source,
+                len(files),
+                data.crowd,
+                "skipped" if training else "kept",
+                data.max_instances,
+            )
+        elements = _tfrecord_records(
+            files, category_map, data.crowd, training, seed, data.max_image_pixels
+        )
+        if training and next(iter(elements.take(1)), None) is None:
+            raise DataError(
+                f"no usable training image in {source} ({len(files)} files): every record "
+                "lacks a non-crowd box or a readable image"
+            )
+        # TFRecord elements hold encoded images: a bounded buffer.
+        result = Source(elements, _load_tfrecord_element, category_map, data.shuffle_buffer)
+    if result.category_map.num_classes != config.model.num_classes:
+        raise DataError(
+            f"the dataset has {result.category_map.num_classes} categories but "
+            f"model.num_classes is {config.model.num_classes}"
+        )
+    return result
+
+
+def prepare_image(
+    example: dict[str, tf.Tensor],
+    index: tf.Tensor,
+    params: TransformConfig,
+    seed: int,
+    training: bool,
+    encoders: list[Callable] | None = None,
+    with_gt: bool = False,
+) -> dict[str, Any]:
+    """One parsed example -> model inputs ``x``, targets or ground truth ``y``
+    and its ``canvas`` index: transform, pad the instances, encode targets
+    with the canvas's encoder. ``index`` seeds the random scale and flip."""
+    element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+    out = transform(
+        example["image"], example["boxes"], params, element_seed if params.random else None
+    )
+    gt = pad_instances(out["boxes"], example["labels"], example["is_crowd"], params.max_instances)
+    x = {"images": out["image"], "image_info": out["image_info"], "image_id": example["image_id"]}
+    if training:
+        y = _encode(gt, out["canvas_index"], encoders) if encoders else gt
+        if encoders and with_gt:
+            y = {**y, **gt}
+    else:
+        y = gt if with_gt else {}
+    return {"x": x, "y": y, "canvas": tf.cast(out["canvas_index"], tf.int64)}
+
+
+def batch_by_canvas(
+    ds: tf.data.Dataset, batch_size: int, num_canvases: int, drop_remainder: bool
+) -> tf.data.Dataset:
+    """Batches whose images share one canvas (``group_by_window`` on the
+    ``canvas`` key when there are several), so every batch has static shapes."""
+    if num_canvases == 1:
+        return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.group_by_window(
+        key_func=lambda e: e["canvas"],
+        reduce_func=lambda _, window: window.batch(batch_size, drop_remainder=drop_remainder),
+        window_size=batch_size,
+    )
+
+
 def build_dataset(
     config,
     split: str = "train",
@@ -265,7 +398,9 @@ def build_dataset(
     with_gt: bool = False,
     scan_tfrecords: bool = False,
 ) -> tf.data.Dataset:
-    """The batched input pipeline of a split (element structure: module docstring).
+    """The batched input pipeline of a split (element structure: module docstring):
+    :func:`open_source` -> shuffle / repeat -> :func:`prepare_image` ->
+    :func:`batch_by_canvas`.
 
     Args:
         config: :class:`atss_tf.config.Config` (``data.*``, ``model.pixel_mean``,
@@ -276,9 +411,8 @@ def build_dataset(
         encoder_factory: ``factory((Hc, Wc)) -> encoder`` called once per
             canvas; ``encoder(gt_boxes [M, 4], gt_labels [M], gt_mask [M])``
             returns a dict of per-image tensors, run in the pipeline per image.
-        source: a loaded :class:`CocoDataset`, or a TFRecord glob; default:
-            ``data.{split}_tfrecords`` if set, else the split's COCO json and
-            images.
+        source: a loaded :class:`CocoDataset`, or a TFRecord glob (see
+            :func:`open_source`).
         category_map: for TFRecords (default :func:`resolve_category_map`).
         seed: default ``config.train.seed``.
         batch_size: default ``config.data.batch_size`` (the global batch).
@@ -302,86 +436,19 @@ def build_dataset(
     params = TransformConfig.from_config(config, training)
     parallel = tf.data.AUTOTUNE if data.num_parallel_calls < 0 else data.num_parallel_calls
 
-    if source is None:
-        _, _, pattern = _split_settings(config, split)
-        source = pattern if pattern else load_split(config, split)
-    if isinstance(source, CocoDataset):
-        if training and not len(source):
-            raise DataError(
-                f"no usable training image in {source.annotations_path}: {source.report.summary()}"
-            )
-        category_map = source.category_map
-        ds = _records_dataset(source)
-        load = _load_coco_element
-    else:
-        files = tfrecords.match_files(source)
-        category_map = category_map or resolve_category_map(config, split)
-        if scan_tfrecords:
-            tfrecords.scan_report(
-                files,
-                category_map,
-                training=training,
-                crowd=data.crowd,
-                max_instances=data.max_instances,
-            ).log(logger)
-        else:
-            logger.info(
-                "%s: %d TFRecord files; crowd=%s, empty images %s, boxes beyond %d truncated, "
-                "in the pipeline (scan_tfrecords=True counts them)",
-                source,
-                len(files),
-                data.crowd,
-                "skipped" if training else "kept",
-                data.max_instances,
-            )
-        ds = _tfrecord_records(
-            files, category_map, data.crowd, training, seed, data.max_image_pixels
-        )
-        if training and next(iter(ds.take(1)), None) is None:
-            raise DataError(
-                f"no usable training image in {source} ({len(files)} files): every record "
-                "lacks a non-crowd box or a readable image"
-            )
-        load = _load_tfrecord_element
-    if category_map.num_classes != config.model.num_classes:
-        raise DataError(
-            f"the dataset has {category_map.num_classes} categories but model.num_classes is "
-            f"{config.model.num_classes}"
-        )
-
+    src = open_source(config, split, source, category_map, seed, scan_tfrecords)
+    ds = src.elements
     if training:
-        # JSON-sourced elements hold no pixels: shuffle the whole split like the
-        # official sampler. TFRecord elements hold encoded images: a buffer.
-        buffer = len(source) if isinstance(source, CocoDataset) else data.shuffle_buffer
-        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(src.shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     encoders = [encoder_factory((h, w)) for h, w in params.canvases] if encoder_factory else None
 
     def prepare(index, elem):
-        ex = load(elem)
-        element_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        out = transform(ex["image"], ex["boxes"], params, element_seed if params.random else None)
-        gt = pad_instances(out["boxes"], ex["labels"], ex["is_crowd"], params.max_instances)
-        x = {"images": out["image"], "image_info": out["image_info"], "image_id": ex["image_id"]}
-        if training:
-            y = _encode(gt, out["canvas_index"], encoders) if encoders else gt
-            if encoders and with_gt:
-                y = {**y, **gt}
-        else:
-            y = gt if with_gt else {}
-        return {"x": x, "y": y, "canvas": tf.cast(out["canvas_index"], tf.int64)}
+        return prepare_image(src.load(elem), index, params, seed, training, encoders, with_gt)
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=parallel, deterministic=True)
-    drop = training
-    if len(params.canvases) == 1:
-        ds = ds.batch(batch_size, drop_remainder=drop)
-    else:
-        ds = ds.group_by_window(
-            key_func=lambda e: e["canvas"],
-            reduce_func=lambda _, window: window.batch(batch_size, drop_remainder=drop),
-            window_size=batch_size,
-        )
+    ds = batch_by_canvas(ds, batch_size, len(params.canvases), drop_remainder=training)
 
     def finish(e):
         if training or with_gt:

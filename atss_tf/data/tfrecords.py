@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.data.coco import CROWD_MODES, CategoryMap, DataError, DataReport
-from atss_tf.data.image_files import sniff_image_format
+from atss_tf.data.cleaning import BOX_COUNTS, admit_image, clean_boxes
+from atss_tf.data.coco import CategoryMap, DataError, DataReport
+from atss_tf.data.image_files import END_MARKERS, sniff_image_format
+from atss_tf.data.transforms import image_format_flags
 
 SHARD_RE = re.compile(r"^(?P<prefix>.*)-\d{5}-of-\d{5}\.tfrecord$")
 
@@ -293,14 +295,12 @@ def encoded_image_problem(
     def contains(marker: bytes) -> tf.Tensor:
         return tf.size(tf.strings.split(tail, sep=marker)) > 1
 
-    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
-    is_png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
-    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    flags = image_format_flags(head)
+    is_jpeg, is_png, is_gif, is_bmp = (flags[f] for f in ("jpeg", "png", "gif", "bmp"))
     complete = (
-        (is_jpeg & contains(b"\xff\xd9"))
-        | (is_png & contains(b"IEND\xaeB`\x82"))
-        | (is_gif & contains(b";"))
+        (is_jpeg & contains(END_MARKERS["jpeg"]))
+        | (is_png & contains(END_MARKERS["png"]))
+        | (is_gif & contains(END_MARKERS["gif"]))
         | is_bmp
     )
     ihdr = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.uint8), tf.int64)
@@ -339,19 +339,16 @@ def filter_annotations(
     category_map: CategoryMap,
     crowd: str,
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """Annotations of one parsed record, cleaned like :func:`coco.load_coco`:
-    crowd boxes dropped (``crowd="drop"``) or kept flagged; boxes with a NaN or
-    infinite coordinate dropped; boxes with width or
-    height <= 0 dropped; boxes clipped to [0, 1] and dropped if nothing is left;
-    category ids mapped to labels 1..C (an unknown id fails naming the record).
+    """Annotations of one parsed record, cleaned by
+    :func:`atss_tf.data.cleaning.clean_boxes` (boxes normalised, so the image
+    is ``[0, 1] x [0, 1]``); category ids mapped to labels 1..C (an unknown id
+    fails naming the record).
 
     Returns:
         ``({"boxes" [k, 4] normalised, "labels" int32 [k], "is_crowd" bool [k]},
-        counts)`` with ``counts`` int64 ``[6]``: crowd dropped, crowd kept,
-        degenerate dropped, clipped, outside dropped, non-finite dropped.
+        counts)`` with ``counts`` int64 ``[6]``, one per
+        :data:`~atss_tf.data.cleaning.BOX_COUNTS` key.
     """
-    if crowd not in CROWD_MODES:
-        raise ValueError(f"crowd must be one of {CROWD_MODES}, got {crowd!r}")
     boxes = parsed["boxes"]
     ids = parsed["category_ids"]
     is_crowd = parsed["is_crowd"]
@@ -360,6 +357,7 @@ def filter_annotations(
         tf.equal(tf.size(ids), n) & tf.equal(tf.size(is_crowd), n),
         ["per-object feature lengths differ in", record_name(parsed)],
     )
+    # CategoryMap.to_labels in tf ops.
     table = tf.constant(category_map.category_ids, tf.int64)
     idx = tf.searchsorted(table, ids)
     safe = tf.minimum(idx, len(category_map.category_ids) - 1)
@@ -378,49 +376,13 @@ def filter_annotations(
     )
     with tf.control_dependencies([check_len, check_ids]):
         labels = tf.cast(idx, tf.int32) + 1
-
-    keep_crowd = tf.logical_not(is_crowd) if crowd == "drop" else tf.ones_like(is_crowd)
-    crowd_dropped = tf.logical_not(keep_crowd)
-    finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
-    nonfinite = keep_crowd & tf.logical_not(finite)
-    keep_crowd = keep_crowd & finite
-    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-    clipped = tf.clip_by_value(boxes, 0.0, 1.0)
-    changed = tf.reduce_any(tf.not_equal(clipped, boxes), axis=-1)
-    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    alive = keep_crowd & tf.logical_not(degenerate)
-    outside = alive & empty
-    keep = alive & tf.logical_not(empty)
-
-    def count(mask):
-        return tf.reduce_sum(tf.cast(mask, tf.int64))
-
-    counts = tf.stack(
-        [
-            count(crowd_dropped),
-            count(keep & is_crowd),
-            count(keep_crowd & degenerate),
-            count(keep & changed),
-            count(outside),
-            count(nonfinite),
-        ]
-    )
+    clipped, keep, outcome = clean_boxes(boxes, is_crowd, 1.0, 1.0, crowd)
     out = {
         "boxes": tf.boolean_mask(clipped, keep),
         "labels": tf.boolean_mask(labels, keep),
         "is_crowd": tf.boolean_mask(is_crowd, keep),
     }
-    return out, counts
-
-
-_COUNT_KEYS = (
-    "crowd_dropped",
-    "crowd_kept",
-    "degenerate_dropped",
-    "boxes_clipped",
-    "outside_dropped",
-    "nonfinite_dropped",
-)
+    return out, tf.reduce_sum(tf.cast(outcome, tf.int64), axis=0)
 
 
 def scan_report(
@@ -440,26 +402,10 @@ def scan_report(
         lambda s: filter_annotations(parse_example(s, ANNOTATION_KEYS), category_map, crowd)
     )
     for ann, counts in ds.as_numpy_iterator():
-        n = len(ann["boxes"])
-        report.add("images")
-        for key, c in zip(_COUNT_KEYS, counts):
+        for key, c in zip(BOX_COUNTS, counts):
             report.add(key, int(c))
-        report.add("annotations", n + int(counts[0] + counts[2] + counts[4] + counts[5]))
-        if training and not (~ann["is_crowd"]).any():
-            report.add(
-                "images_without_valid_boxes_skipped"
-                if n or counts.any()
-                else "images_without_annotations_skipped"
-            )
-            continue
-        if n == 0 and not counts.any():
-            report.add("images_without_annotations_kept")
-        if max_instances is not None and n > max_instances:
-            report.add("images_truncated")
-            report.add("boxes_truncated", n - max_instances)
-            n = max_instances
-        report.add("images_kept")
-        report.add("boxes_kept", n)
+        dropped = int(sum(c for key, c in zip(BOX_COUNTS, counts) if key.endswith("_dropped")))
+        admit_image(report, len(ann["boxes"]) + dropped, ann["is_crowd"], training, max_instances)
     return report
 
 

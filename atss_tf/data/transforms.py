@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from atss_tf.boxes import clip_boxes
+from atss_tf.data.image_files import IMAGE_MAGIC
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ def rgb_pixel_mean(model_config) -> tuple[float, float, float]:
     return mean[::-1] if model_config.input_bgr else mean
 
 
+def image_format_flags(encoded: tf.Tensor) -> dict[str, tf.Tensor]:
+    """``{"jpeg": bool, "png": .., "gif": .., "bmp": ..}`` scalars from the first
+    bytes of an encoded image (tf ops): :data:`atss_tf.data.image_files.IMAGE_MAGIC`
+    in the graph."""
+    flags: dict[str, tf.Tensor] = {}
+    for magic, fmt in IMAGE_MAGIC.items():
+        hit = tf.equal(tf.strings.substr(encoded, 0, len(magic)), magic)
+        flags[fmt] = flags[fmt] | hit if fmt in flags else hit
+    return flags
+
+
 def decode_image(encoded: tf.Tensor, name: tf.Tensor | str = "") -> tf.Tensor:
     """Decode JPEG / PNG / GIF / BMP bytes -> ``uint8 [h, w, 3]``.
 
@@ -104,12 +116,7 @@ def decode_image(encoded: tf.Tensor, name: tf.Tensor | str = "") -> tf.Tensor:
     :mod:`atss_tf.data.image_files`).
     """
     head = tf.strings.substr(encoded, 0, 8)
-    known = (
-        tf.image.is_jpeg(encoded)
-        | tf.equal(head, b"\x89PNG\r\n\x1a\n")
-        | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-        | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
-    )
+    known = tf.reduce_any(tf.stack(list(image_format_flags(encoded).values())))
     check = tf.debugging.Assert(
         known,
         ["Cannot decode image", name, "it is not a JPEG/PNG/GIF/BMP file; first bytes:", head],
