@@ -55,8 +55,8 @@ def anchor_shapes(stride: int, cfg: AnchorConfig, official_shapes: bool = False)
     return np.asarray(shapes, dtype=np.float64)
 
 
-def centre_offset(stride: int, alignment: str) -> float:
-    """Centre of cell 0 on a level: ``s/2`` (center), ``s/2 + 0.5`` (official), 0 (mmdet)."""
+def center_offset(stride: int, alignment: str) -> float:
+    """Center of cell 0 on a level: ``s/2`` (center), ``s/2 + 0.5`` (official), 0 (mmdet)."""
     if alignment == "center":
         return stride / 2.0
     if alignment == "official":
@@ -77,7 +77,7 @@ def _official_level_anchors(
     low-quality matches, and 1e-4 px of float64 rounding breaks ~2% of them
     for #A = 9. Returns float32 continuous boxes (``+1`` on x2, y2).
     """
-    ctr = offset - 0.5  # inclusive-pixel centre of cell 0
+    ctr = offset - 0.5  # inclusive-pixel center of cell 0
     half = (wh - 1.0) / 2.0  # inclusive half extents
     cell = np.concatenate([ctr - half, ctr + half], axis=-1).astype(np.float32)  # [a, 4]
     sx = (np.arange(w) * stride).astype(np.float32)
@@ -94,12 +94,12 @@ class AnchorGrid:
 
     Attributes:
         boxes: ``[A, 4]`` float32 anchors, continuous xyxy.
-        centers: ``[A, 2]`` float32 anchor centres (cx, cy).
+        centers: ``[A, 2]`` float32 anchor centers (cx, cy).
         level_shapes: per level ``(height, width)`` of the feature map.
         num_per_level: per level number of anchors (``h * w * anchors_per_location``).
         strides: per level stride.
         anchors_per_location: anchors at one location (#A).
-        offsets: per level centre of cell 0 (see :func:`centre_offset`).
+        offsets: per level center of cell 0 (see :func:`center_offset`).
         image_size: the canvas ``(height, width)``.
     """
 
@@ -146,7 +146,7 @@ def generate_anchors(image_size: tuple[int, int], cfg: AnchorConfig) -> AnchorGr
     all_boxes, shapes, counts, offsets = [], [], [], []
     for stride in cfg.strides:
         h, w = level_shape(height, stride), level_shape(width, stride)
-        off = centre_offset(stride, cfg.alignment)
+        off = center_offset(stride, cfg.alignment)
         wh = anchor_shapes(stride, cfg, official_shapes)  # [a, 2]
         if official_shapes:
             boxes = _official_level_anchors(h, w, stride, off, wh)

@@ -50,7 +50,7 @@ def area(boxes: tf.Tensor) -> tf.Tensor:
 
 
 def centers(boxes: tf.Tensor) -> tf.Tensor:
-    """Centres ``[..., 2]`` (cx, cy) of ``[..., 4]`` boxes."""
+    """Centers ``[..., 2]`` (cx, cy) of ``[..., 4]`` boxes."""
     return tf.stack(
         [(boxes[..., 0] + boxes[..., 2]) * 0.5, (boxes[..., 1] + boxes[..., 3]) * 0.5], axis=-1
     )
@@ -209,7 +209,7 @@ class BoxCoder:
 
 class PointCoder:
     """POINT regression (ATSS_SPEC §2, paper Table 2): distances from the anchor
-    centre to the four sides, in units of the stride.
+    center to the four sides, in units of the stride.
 
     The stride is recovered from the anchor as ``anchor_width / anchor_scale``
     (the authors' formula ``w * (acx - x1) / aw`` with ``w = size / stride``), so
@@ -226,22 +226,22 @@ class PointCoder:
         self.inclusive = bool(inclusive)
         self.offset = 0.5 if inclusive else 0.0
 
-    def _stride_and_centre(self, anchors):
+    def _stride_and_center(self, anchors):
         aw = anchors[..., 2] - anchors[..., 0]
         ah = anchors[..., 3] - anchors[..., 1]
-        centre = centers(anchors)
-        return aw / self.anchor_scale, ah / self.anchor_scale, centre
+        center = centers(anchors)
+        return aw / self.anchor_scale, ah / self.anchor_scale, center
 
     def encode(self, boxes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
-        sx, sy, centre = self._stride_and_centre(anchors)
-        ltrb = ltrb_distances(centre, boxes, self.offset)
+        sx, sy, center = self._stride_and_center(anchors)
+        ltrb = ltrb_distances(center, boxes, self.offset)
         return ltrb / tf.stack([sx, sy, sx, sy], axis=-1)
 
     def decode(self, deltas: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
         anchors = tf.cast(anchors, deltas.dtype)
-        sx, sy, centre = self._stride_and_centre(anchors)
+        sx, sy, center = self._stride_and_center(anchors)
         d = deltas * tf.stack([sx, sy, sx, sy], axis=-1) + self.offset
-        cx, cy = centre[..., 0], centre[..., 1]
+        cx, cy = center[..., 0], center[..., 1]
         return tf.stack([cx - d[..., 0], cy - d[..., 1], cx + d[..., 2], cy + d[..., 3]], axis=-1)
 
 

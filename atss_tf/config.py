@@ -36,7 +36,7 @@ import yaml
 from atss_tf.errors import ConfigError
 
 ANCHOR_ALIGNMENTS = ("center", "official", "mmdet")
-ASSIGNERS = ("atss", "iou", "fcos", "fcos_center", "topk")
+ASSIGNERS = ("atss", "atss_dense", "iou", "fcos", "fcos_center", "topk")
 REGRESSIONS = ("box", "point")
 IMAGE_CHECKS = ("none", "quick", "full")  # atss_tf.data.image_files
 BAD_IMAGE_POLICIES = ("skip", "error")
@@ -55,7 +55,7 @@ class AnchorConfig:
     octave_base_scale: float = 8.0
     scales_per_octave: int = 1
     aspect_ratios: tuple[float, ...] = (1.0,)
-    # Anchor centre of cell j on a level of stride s:
+    # Anchor center of cell j on a level of stride s:
     #   "center": j*s + s/2 (geometric), "official": j*s + s/2 + 0.5 (authors' code),
     #   "mmdet": j*s.  None: "official" if official_compat else "center".
     alignment: str | None = None
@@ -72,9 +72,9 @@ class AnchorConfig:
 class AssignerConfig:
     """Sample selection (ATSS_SPEC §3)."""
 
-    type: str = "atss"  # atss | iou | fcos | fcos_center | topk
+    type: str = "atss"  # atss | atss_dense (same positives, Algorithm 1 dense) | iou | fcos | fcos_center | topk
     topk: int = 9  # ATSS k (per level) and TOPK's k
-    # Anchor centre must satisfy min(l, t, r, b) > center_margin to count as
+    # Anchor center must satisfy min(l, t, r, b) > center_margin to count as
     # inside a box. None: 0.51 if official_compat else 0.01.
     center_margin: float | None = None
     positive_iou: float = 0.5  # iou (RetinaNet) matcher
@@ -225,7 +225,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # Reproduce the authors' numbers exactly (ATSS_SPEC §0): official anchor
-    # alignment and shapes, centre margin 0.51, inclusive loss geometry.
+    # alignment and shapes, center margin 0.51, inclusive loss geometry.
     # Settings left None follow this switch; they are filled in when the
     # Config is built, so set it there (Config(official_compat=True), YAML,
     # --set official_compat=true), not by assignment afterwards.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from pycocotools.cocoeval import COCOeval
 
 from atss_tf.boxes import xyxy_to_xywh
 from atss_tf.config import Config
+
+logger = logging.getLogger("atss_tf")
 
 METRIC_NAMES = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -104,7 +107,7 @@ class CocoEvaluator:
             ev.accumulate()
             ev.summarize()
         if verbose:
-            print(out.getvalue())
+            logger.info("%s", out.getvalue().rstrip())
         return {name: float(v) for name, v in zip(METRIC_NAMES, ev.stats)}
 
 

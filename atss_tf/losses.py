@@ -127,8 +127,8 @@ def atss_losses(
     pred_boxes = coder.decode(safe_pred, anchors)
     target_boxes = tf.stop_gradient(coder.decode(safe_target, anchors))
 
-    anchor_centres = box_ops.centers(anchors)
-    ltrb = box_ops.ltrb_distances(anchor_centres, target_boxes, offset=0.5 if inclusive else 0.0)
+    anchor_centers = box_ops.centers(anchors)
+    ltrb = box_ops.ltrb_distances(anchor_centers, target_boxes, offset=0.5 if inclusive else 0.0)
     ctr_targets = box_ops.centerness(ltrb) * pos_f  # [B, A], 0 off the positives
 
     ctr_sum, _ = _replica_sum_and_count(tf.reduce_sum(ctr_targets))

@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,65 +27,11 @@ import tensorflow as tf  # noqa: E402
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
-from atss_tf import boxes as box_ops  # noqa: E402
-from atss_tf.anchors import AnchorGrid  # noqa: E402
 from atss_tf.config import Config  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, append_results  # noqa: E402
-
-
-def dense_atss(grid: AnchorGrid, gt_boxes, gt_mask, config: Config):
-    """ATSS the way the authors' code computes it: full A x M IoU and distance
-    matrices, per-level top-k over all anchors. Same selector interface."""
-    cfg = config.resolved()
-    k, margin = cfg.assigner.topk, cfg.assigner.center_margin
-    boxes = tf.cast(gt_boxes, tf.float32)
-    mask = tf.cast(gt_mask, tf.bool)
-    boxes = tf.where(mask[..., None], boxes, 0.0)
-    anchors = tf.constant(grid.boxes)
-    points = tf.constant(grid.centers)
-    overlaps = box_ops.iou(boxes[:, :, None, :], anchors[None, None])  # [B, M, A]
-    diff = points[None, None] - box_ops.centers(boxes)[:, :, None, :]
-    dist = tf.sqrt(tf.reduce_sum(diff * diff, axis=-1))  # [B, M, A]
-    cand = []
-    for start, n in zip(grid.level_starts, grid.num_per_level):
-        kk = min(k * grid.anchors_per_location, n)
-        cand.append(tf.math.top_k(-dist[..., start : start + n], kk).indices + start)
-    cand = tf.concat(cand, axis=-1)  # [B, M, K]
-    cand_iou = tf.gather(overlaps, cand, batch_dims=2)
-    num = cand.shape[-1]
-    mean = tf.reduce_mean(cand_iou, axis=-1, keepdims=True)
-    std = tf.sqrt(tf.reduce_sum(tf.square(cand_iou - mean), -1, keepdims=True) / (num - 1))
-    inside = (
-        tf.reduce_min(
-            box_ops.ltrb_distances(tf.gather(points, cand), boxes[:, :, None, :]), axis=-1
-        )
-        > margin
-    )
-    positive = (cand_iou >= mean + std) & inside & mask[..., None]
-    shape = tf.shape(cand)
-    b_idx, m_idx = tf.meshgrid(tf.range(shape[0]), tf.range(shape[1]), indexing="ij")
-    index = tf.stack(
-        [
-            tf.broadcast_to(b_idx[..., None], shape),
-            tf.broadcast_to(m_idx[..., None], shape),
-            cand,
-        ],
-        axis=-1,
-    )
-    hit = (
-        tf.tensor_scatter_nd_max(
-            tf.zeros_like(overlaps, tf.int32), index, tf.cast(positive, tf.int32)
-        )
-        > 0
-    )  # [B, M, A]
-    scored = tf.where(hit, overlaps, -1.0)
-    best = tf.reduce_max(scored, axis=1)  # [B, A]
-    matched = tf.cast(tf.argmax(scored, axis=1), tf.int32)
-    matched = tf.where(best >= 0.0, matched, -1)
-    return matched, tf.zeros_like(matched, dtype=tf.bool)
 
 
 def random_boxes(rng, size: int, num: int, batch: int) -> np.ndarray:
@@ -131,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     mask = np.ones((batch, num), bool)
 
     windowed = TargetEncoder.from_config(cfg, (size, size))
-    dense = TargetEncoder.from_config(cfg, (size, size))
-    dense.selector = dense_atss  # read when its functions are first traced
+    # Algorithm 1 as the authors compute it: full A x M matrices (targets/dense_atss.py).
+    dense = TargetEncoder(cfg.model, replace(cfg.assigner, type="atss_dense"), (size, size), num)
     a = windowed.encode_batch(boxes, labels, mask)
     b = dense.encode_batch(boxes, labels, mask)
     agree = float(np.mean(a["matched_gt"].numpy() == b["matched_gt"].numpy()))

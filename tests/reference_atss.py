@@ -44,8 +44,8 @@ def ltrb(points: np.ndarray, gt: np.ndarray) -> np.ndarray:
     )
 
 
-def grid_centres(level_shapes, strides, offsets, anchors_per_location: int) -> np.ndarray:
-    """Anchor centres from the spec: cell j of a level of stride s sits at ``j*s + offset``."""
+def grid_centers(level_shapes, strides, offsets, anchors_per_location: int) -> np.ndarray:
+    """Anchor centers from the spec: cell j of a level of stride s sits at ``j*s + offset``."""
     out = []
     for (h, w), s, off in zip(level_shapes, strides, offsets):
         ys, xs = np.meshgrid(np.arange(h) * s + off, np.arange(w) * s + off, indexing="ij")
@@ -56,7 +56,7 @@ def grid_centres(level_shapes, strides, offsets, anchors_per_location: int) -> n
 
 def reference_atss(
     anchors: np.ndarray,
-    centres: np.ndarray,
+    centers: np.ndarray,
     num_per_level,
     anchors_per_location: int,
     gt: np.ndarray,
@@ -68,14 +68,14 @@ def reference_atss(
     """ATSS (paper Algorithm 1), dense.
 
     Args:
-        anchors: ``[A, 4]`` anchor boxes. centres: ``[A, 2]`` anchor centres.
+        anchors: ``[A, 4]`` anchor boxes. centers: ``[A, 2]`` anchor centers.
         num_per_level: anchors per level (level-major order).
         gt: ``[M, 4]`` valid ground truths only.
         k, margin, fallback: ``assigner.topk``, ``center_margin``,
             ``fallback_best_candidate``.
         return_ambiguous: also return ``[A]`` bool, the anchors whose result
             hangs on a float32-sized difference (two GTs of nearly equal IoU,
-            an IoU next to its threshold, a centre next to the margin, or a
+            an IoU next to its threshold, a center next to the margin, or a
             GT whose k-th and next nearest anchors are nearly equally far):
             float32 code may legitimately decide those either way.
 
@@ -89,8 +89,8 @@ def reference_atss(
         return (matched, ambiguous) if return_ambiguous else matched
     gt = gt.astype(np.float64)
     ious = pairwise_iou(anchors, gt)
-    gt_centre = (gt[:, :2] + gt[:, 2:]) / 2.0
-    dist = np.sqrt(((centres[:, None, :] - gt_centre[None]) ** 2).sum(-1))  # [A, M]
+    gt_center = (gt[:, :2] + gt[:, 2:]) / 2.0
+    dist = np.sqrt(((centers[:, None, :] - gt_center[None]) ** 2).sum(-1))  # [A, M]
 
     best_iou = np.full((num_anchors, num_gt), -np.inf)
     start = 0
@@ -111,10 +111,10 @@ def reference_atss(
     cols = np.broadcast_to(np.arange(num_gt), cand.shape)
     cand_iou = ious[cand, cols]
     threshold = cand_iou.mean(axis=0) + cand_iou.std(axis=0, ddof=1 if len(cand) > 1 else 0)
-    inside = ltrb(centres, gt)[cand, cols].min(axis=-1) > margin
+    inside = ltrb(centers, gt)[cand, cols].min(axis=-1) > margin
     positive = (cand_iou >= threshold) & inside
     close = (np.abs(cand_iou - threshold) < 1e-6) | (
-        np.abs(ltrb(centres, gt)[cand, cols].min(axis=-1) - margin) < 1e-4
+        np.abs(ltrb(centers, gt)[cand, cols].min(axis=-1) - margin) < 1e-4
     )
     ambiguous[cand[close]] = True
     if fallback:
@@ -133,7 +133,7 @@ def reference_atss(
 
 
 def reference_fcos(
-    centres: np.ndarray,
+    centers: np.ndarray,
     anchor_strides: np.ndarray,
     anchor_ranges: np.ndarray,
     gt: np.ndarray,
@@ -142,29 +142,29 @@ def reference_fcos(
     center_radius: float | None = None,
     return_ambiguous: bool = False,
 ):
-    """FCOS spatial + scale constraint, optionally with centre sampling.
+    """FCOS spatial + scale constraint, optionally with center sampling.
 
     Args:
-        centres: ``[A, 2]`` anchor points. anchor_strides: ``[A]`` their stride.
+        centers: ``[A, 2]`` anchor points. anchor_strides: ``[A]`` their stride.
         anchor_ranges: ``[A, 2]`` the (low, high) range of ``max(l, t, r, b)``.
         gt: ``[M, 4]`` valid ground truths only.
         range_offset: subtracted from the distances for the range test.
-        center_radius: None, or the centre-sampling radius in strides.
+        center_radius: None, or the center-sampling radius in strides.
         return_ambiguous: also return the ``[A]`` anchors decided by a
             float32-sized difference (see :func:`reference_atss`).
     """
-    num_anchors, num_gt = len(centres), len(gt)
+    num_anchors, num_gt = len(centers), len(gt)
     matched = np.full(num_anchors, -1, np.int64)
     if num_gt == 0:
         return (matched, np.zeros(num_anchors, bool)) if return_ambiguous else matched
     gt = gt.astype(np.float64)
-    d = ltrb(centres, gt)  # [A, M, 4]
+    d = ltrb(centers, gt)  # [A, M, 4]
     if center_radius is not None:
         r = (anchor_strides * center_radius)[:, None]
         cx = ((gt[:, 0] + gt[:, 2]) / 2)[None]
         cy = ((gt[:, 1] + gt[:, 3]) / 2)[None]
-        px = centres[:, 0:1].astype(np.float64)
-        py = centres[:, 1:2].astype(np.float64)
+        px = centers[:, 0:1].astype(np.float64)
+        py = centers[:, 1:2].astype(np.float64)
         left = px - np.maximum(cx - r, gt[None, :, 0])
         top = py - np.maximum(cy - r, gt[None, :, 1])
         right = np.minimum(cx + r, gt[None, :, 2]) - px

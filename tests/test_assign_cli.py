@@ -74,7 +74,7 @@ def test_official_compat_flag_and_overrides(tmp_path):
     cfg = Config(official_compat=True)
     cfg.assigner.type = "iou"
     enc = TargetEncoder.from_config(cfg, (128, 160))
-    np.testing.assert_array_equal(result["anchors"], enc.anchor_grid.boxes)  # +0.5 px centres
+    np.testing.assert_array_equal(result["anchors"], enc.anchor_grid.boxes)  # +0.5 px centers
     expected = enc(np.asarray(BOXES, np.float32), [1, 1, 1], [True] * 3)
     np.testing.assert_array_equal(result["cls_targets"], expected["cls_targets"].numpy())
     assert (result["cls_targets"] == -1).any()  # the IoU matcher ignores some anchors

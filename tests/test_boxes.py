@@ -47,7 +47,7 @@ def test_box_coder_round_trip_and_official_values():
     anchors = np.array([[-28, -28, 36, 36], [0, 0, 64, 64]], np.float32)
     gt = np.array([[10, 20, 50, 100], [3, 4, 40, 41]], np.float32)
     d = coder.encode(gt, anchors).numpy()
-    # hand: anchor 1 centre (4, 4) size 64; gt centre (30, 60) size (40, 80)
+    # hand: anchor 1 center (4, 4) size 64; gt center (30, 60) size (40, 80)
     np.testing.assert_allclose(
         d[0], [10 * 26 / 64, 10 * 56 / 64, 5 * np.log(40 / 64), 5 * np.log(80 / 64)], rtol=1e-5
     )
@@ -63,7 +63,7 @@ def test_box_coder_clamps_only_large_sizes():
 
 
 def test_point_coder_stride_units_and_inclusive_offset():
-    anchors = np.array([[-28, -28, 36, 36]], np.float32)  # stride 8, centre (4, 4)
+    anchors = np.array([[-28, -28, 36, 36]], np.float32)  # stride 8, center (4, 4)
     gt = np.array([[0, 2, 20, 30]], np.float32)
     clean = boxes.PointCoder(8.0, inclusive=False)
     np.testing.assert_allclose(

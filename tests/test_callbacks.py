@@ -7,8 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from atss_tf.training.callbacks import CocoEvalCallback
-from atss_tf.training.callbacks import ResumableCheckpoint, StopOnNaN
+from atss_tf.training.callbacks import CocoEvalCallback, ResumableCheckpoint, StopOnNaN
 
 
 def _toy_model(lr: float) -> keras.Model:

@@ -216,7 +216,7 @@ def test_resuming_with_a_different_config_is_refused_and_keeps_the_run(capsys, t
         capsys, "train", "--config", config, "--out", run, "--set", "train.max_iters=2"
     )
     assert rc == 0, err
-    assert "Resumed from ckpt-00000001.keras at step 1" in out
+    assert "Resumed from ckpt-00000001.keras at step 1" in err  # logged (INFO, stderr)
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
 
 

@@ -176,7 +176,7 @@ def test_coder_and_anchors_follow_the_config():
     box = np.array([[100.0, 100.0, 180.0, 140.0]], np.float32)
     out = enc(box, [3], [True])
     positive = out["matched_gt"].numpy() >= 0
-    centres = enc.anchor_grid.centers[positive]
+    centers = enc.anchor_grid.centers[positive]
     strides = enc.anchor_grid.anchor_strides()[positive][:, None]
-    ltrb = np.concatenate([centres - box[:, :2], box[:, 2:] - centres], -1) - 0.5
+    ltrb = np.concatenate([centers - box[:, :2], box[:, 2:] - centers], -1) - 0.5
     np.testing.assert_allclose(out["box_targets"].numpy()[positive], ltrb / strides, rtol=1e-6)

@@ -188,7 +188,7 @@ def test_two_positives_weighted_by_centerness_target():
         "box_targets": coder.encode(target_boxes, anchors).numpy()[None],
     }
     losses = atss_losses(outputs, targets, anchors, *loss_args(Config()))
-    # Centre (5, 5): first target l=t=r=b=5 -> 1; second l=3 r=5 t=4 b=8 -> sqrt(0.3).
+    # Center (5, 5): first target l=t=r=b=5 -> 1; second l=3 r=5 t=4 b=8 -> sqrt(0.3).
     w = np.array([1.0, np.sqrt(0.3)])
     giou_loss = np.array([2.0 / 3.0, 0.0])
     expected_reg = 2.0 * (w * giou_loss).sum() / w.sum()
@@ -344,18 +344,18 @@ _MIRRORED_CHILD = textwrap.dedent(
 
 
 def _synthetic_batch(rng, anchors, num_classes, positives_per_image):
-    """A batch with ATSS-like targets: positives whose GT box contains the anchor centre."""
+    """A batch with ATSS-like targets: positives whose GT box contains the anchor center."""
     batch, num = len(positives_per_image), anchors.shape[0]
     labels = np.zeros((batch, num), np.int32)
     box_targets = np.zeros((batch, num, 4), np.float32)
-    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    centers = (anchors[:, :2] + anchors[:, 2:]) / 2
     for b, count in enumerate(positives_per_image):
         order = rng.permutation(num)
         idx = order[:count]
         labels[b, idx] = rng.integers(1, num_classes + 1, size=count)
         labels[b, order[count : count + 5]] = -1
         sides = rng.uniform(4, 60, size=(count, 4)).astype(np.float32)
-        gt = np.concatenate([centres[idx] - sides[:, :2], centres[idx] + sides[:, 2:]], axis=1)
+        gt = np.concatenate([centers[idx] - sides[:, :2], centers[idx] + sides[:, 2:]], axis=1)
         box_targets[b, idx] = BoxCoder().encode(gt, anchors[idx]).numpy()
     return {
         "cls_logits": rng.normal(-2, 1.5, (batch, num, num_classes)).astype(np.float32),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import keras
@@ -20,23 +21,20 @@ from atss_tf.model import (
     build_detector,
 )
 from atss_tf.model.file_format import FORMAT_VERSION
+from tests import helpers
 
 CANVAS = (128, 160)
 
 
 def tiny_config(**anchors) -> Config:
-    cfg = Config()
-    m = cfg.model
-    m.num_classes = 3
-    m.backbone.depth = 18
-    m.backbone.width_multiplier = 0.25
-    m.fpn.channels = 32
-    m.head.channels = 32
-    m.head.num_convs = 2
-    m.head.group_norm_groups = 8
-    for k, v in anchors.items():
-        setattr(m.anchors, k, v)
-    return cfg
+    """The suite's tiny config (tests/helpers.py) with two tower convs, the stem and
+    stage 1 frozen, and ``anchors``."""
+    overrides = ["model.head.num_convs=2", "model.backbone.freeze_at=2"]
+    overrides += [
+        f"model.anchors.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
+        for k, v in anchors.items()
+    ]
+    return helpers.tiny_config(overrides)
 
 
 def images(batch: int = 2, size=CANVAS, seed: int = 0) -> np.ndarray:
@@ -97,8 +95,8 @@ def test_flattening_matches_anchor_order(tiny_a9):
         loc, a = divmod(local, 9)
         y, xx = divmod(loc, w)
         stride = grid.strides[level]
-        centre = np.array([xx, y]) * stride + grid.offsets[level]
-        np.testing.assert_allclose(grid.centers[index], centre, atol=1e-3)
+        center = np.array([xx, y]) * stride + grid.offsets[level]
+        np.testing.assert_allclose(grid.centers[index], center, atol=1e-3)
         wh = anchor_shapes(
             stride, cfg.model.anchors, official_shapes=cfg.model.anchors.official_shapes
         )[a]

@@ -15,6 +15,7 @@ from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotation
 from atss_tf.data.synthetic import generate_synthetic_coco
 from atss_tf.data.tfrecords import write_tfrecords
 from atss_tf.data.transforms import boxes_to_original
+from tests.helpers import tiny_config
 
 CANVASES = ((128, 160), (160, 128))
 EMPTY_ID = 99
@@ -32,16 +33,18 @@ def synth(tmp_path_factory):
 
 
 def small_config(paths, canvases=CANVASES) -> Config:
-    cfg = Config()
-    cfg.model.num_classes = 3
+    """The suite's tiny config (tests/helpers.py) reading ``paths``, multi-scale."""
+    cfg = tiny_config(
+        [
+            "data.min_size=[96, 112, 128]",
+            "data.max_size=160",
+            f"data.canvases={json.dumps([list(c) for c in canvases])}",
+            "data.batch_size=2",
+            "data.shuffle_buffer=16",
+        ]
+    )
     cfg.data.train_annotations = cfg.data.val_annotations = paths.annotations
     cfg.data.train_images = cfg.data.val_images = paths.images_dir
-    cfg.data.min_size = (96, 112, 128)
-    cfg.data.max_size = 160
-    cfg.data.canvases = canvases
-    cfg.data.batch_size = 2
-    cfg.data.shuffle_buffer = 16
-    cfg.data.max_instances = 8
     return cfg
 
 

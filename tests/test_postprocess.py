@@ -202,7 +202,7 @@ def test_box_beyond_the_border_official_and_continuous_clip(grid):
         "centerness": np.zeros((1, num, 1), np.float32),
     }
     outputs["cls_logits"][0, 100, 0] = 3.0
-    outputs["box_regression"][0, 100, 0] = 10.0 * 600.0 / 64.0  # centre moves 600 px right
+    outputs["box_regression"][0, 100, 0] = 10.0 * 600.0 / 64.0  # center moves 600 px right
     official = _numpy(postprocess(outputs, grid, *postprocess_args(Config(official_compat=True))))
     clean = _numpy(postprocess(outputs, grid, *postprocess_args(Config())))
     np.testing.assert_allclose(official["boxes"][0, 0, [0, 2]], [511.0, 512.0])
@@ -256,10 +256,10 @@ def test_nothing_above_threshold(grid, compat):
 
 
 def _clustered_boxes(rng, batch, num):
-    centres = rng.uniform(20, 200, (batch, 6, 2))[:, rng.integers(0, 6, num)]
-    centres = centres + rng.normal(0, 6, centres.shape)
+    centers = rng.uniform(20, 200, (batch, 6, 2))[:, rng.integers(0, 6, num)]
+    centers = centers + rng.normal(0, 6, centers.shape)
     half = rng.uniform(8, 30, (batch, num, 2))
-    return np.concatenate([centres - half, centres + half], axis=-1).astype(np.float32)
+    return np.concatenate([centers - half, centers + half], axis=-1).astype(np.float32)
 
 
 @pytest.mark.parametrize("max_output", [20, 400])

@@ -109,8 +109,8 @@ def test_nine_anchor_cases_agree_with_official(official_assignments, case, eager
     exact IoU ties between equally shaped anchors: run eagerly the selector
     reproduces them all; under XLA, fused float arithmetic splits ~1% of those
     ties (12 of 1309 positives when written). ATSS measures distances from the
-    location centre while the official code takes each box's own rounded
-    centre, so locations tied at the k-th place can be split anchor by anchor.
+    location center while the official code takes each box's own rounded
+    center, so locations tied at the k-th place can be split anchor by anchor.
     The issue's bar for #A = 9 is > 99% of positives."""
     d = official_assignments
     cfg = case_config(d, case)

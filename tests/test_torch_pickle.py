@@ -13,7 +13,6 @@ import zipfile
 import numpy as np
 import pytest
 
-from atss_tf.config import Config
 from atss_tf.convert import (
     CheckpointError,
     ConversionError,
@@ -24,6 +23,7 @@ from atss_tf.convert import (
     load_state_dict,
     official_weight_map,
 )
+from tests.helpers import tiny_config
 
 # --------------------------------------------------------------------------- #
 # A minimal torch.save writer: stand-in objects pickled under torch's names.
@@ -463,12 +463,17 @@ def test_legacy_fixture_holds_exactly_the_zip_fixture(
 def _tiny_model():
     from atss_tf.model import build_detector
 
-    cfg = Config()
-    m = cfg.model
-    m.num_classes, m.backbone.depth, m.backbone.width_multiplier = 2, 18, 0.125
-    m.fpn.channels = m.head.channels = 16
-    m.head.num_convs, m.head.group_norm_groups = 1, 4
-    return build_detector(cfg)
+    return build_detector(
+        tiny_config(
+            [
+                "model.num_classes=2",
+                "model.backbone.width_multiplier=0.125",
+                "model.fpn.channels=16",
+                "model.head.channels=16",
+                "model.head.group_norm_groups=4",
+            ]
+        )
+    )
 
 
 def _official_state(model) -> collections.OrderedDict:

@@ -19,8 +19,8 @@ import pytest
 
 from atss_tf.config import save_config
 from atss_tf.data.pipeline import build_dataset
-from atss_tf.targets import TargetEncoder
 from atss_tf.evaluation import make_evaluate_fn
+from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model, train
 from tests.helpers import tiny_config, with_synthetic_data
 

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--official-compat",
         action="store_true",
-        help="set official_compat=true (the authors' anchor alignment and centre test)",
+        help="set official_compat=true (the authors' anchor alignment and center test)",
     )
 
 
@@ -127,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
     from atss_tf.targets import TargetEncoder, check_encoder_size
 
     check_encoder_size(
-        cfg, (height, width), max(cfg.data.max_instances, len(boxes)), "--image-size"
+        cfg.model,
+        cfg.assigner,
+        (height, width),
+        max(cfg.data.max_instances, len(boxes)),
+        "--image-size",
     )
 
     num = len(boxes)
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     padded_labels = np.zeros(size, np.int32)
     padded_labels[:num] = labels
     mask = np.arange(size) < num
-    enc = TargetEncoder(cfg, (height, width))
+    enc = TargetEncoder(cfg.model, cfg.assigner, (height, width), size)
     out = {key: value.numpy() for key, value in enc(padded, padded_labels, mask).items()}
     grid = enc.anchor_grid
     result = {
@@ -151,14 +155,16 @@ def run(args: argparse.Namespace) -> int:
         "gt_labels": labels,
     }
     np.savez(args.out, **result)
-    print_summary(enc, boxes, labels, out)
+    print_summary(cfg, enc, boxes, labels, out)
     print(f"wrote {args.out}")
     return 0
 
 
-def print_summary(enc, boxes: np.ndarray, labels: np.ndarray, out: dict[str, np.ndarray]) -> None:
+def print_summary(
+    cfg, enc, boxes: np.ndarray, labels: np.ndarray, out: dict[str, np.ndarray]
+) -> None:
     """Positives per box and per pyramid level."""
-    cfg, grid = enc.config, enc.anchor_grid
+    grid = enc.anchor_grid
     names = [f"P{int(round(math.log2(s)))}" for s in grid.strides]
     level = grid.level_ids()
     matched, cls = out["matched_gt"], out["cls_targets"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,11 +16,11 @@ _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def shipped_configs_dir() -> Path:
     """The folder of the configs shipped with atss-tf (``configs/`` of the repo)."""
-    try:
-        folder = Path(str(importlib.resources.files("atss_tf.configs")))
-    except ModuleNotFoundError:
-        folder = _SOURCE_CONFIGS
-    return folder if folder.is_dir() else _SOURCE_CONFIGS
+    spec = importlib.util.find_spec("atss_tf.configs")  # a namespace package: no __init__
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return _SOURCE_CONFIGS
 
 
 def find_config(name: str | os.PathLike) -> Path:

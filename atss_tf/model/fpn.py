@@ -23,7 +23,9 @@ from atss_tf.model.layers import KAIMING_UNIFORM_A1, TorchConv2D
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 
-def _conv(filters: int, kernel_size: int, strides: int = 1, name: str | None = None) -> TorchConv2D:
+def _conv(
+    filters: int, kernel_size: int, strides: int = 1, name: str | None = None, dtype=None
+) -> TorchConv2D:
     return TorchConv2D(
         filters,
         kernel_size,
@@ -32,6 +34,7 @@ def _conv(filters: int, kernel_size: int, strides: int = 1, name: str | None = N
         kernel_initializer=KAIMING_UNIFORM_A1,
         bias_initializer="zeros",
         name=name,
+        dtype=dtype,
     )
 
 
@@ -66,14 +69,14 @@ class FeaturePyramid(keras.layers.Layer):
         self.channels = int(channels)
         self.p7_from_relu = bool(p7_from_relu)
         c = self.channels
-        self.fpn_inner2 = _conv(c, 1, name="fpn_inner2")
-        self.fpn_inner3 = _conv(c, 1, name="fpn_inner3")
-        self.fpn_inner4 = _conv(c, 1, name="fpn_inner4")
-        self.fpn_layer2 = _conv(c, 3, name="fpn_layer2")
-        self.fpn_layer3 = _conv(c, 3, name="fpn_layer3")
-        self.fpn_layer4 = _conv(c, 3, name="fpn_layer4")
-        self.p6 = _conv(c, 3, strides=2, name="p6")
-        self.p7 = _conv(c, 3, strides=2, name="p7")
+        self.fpn_inner2 = _conv(c, 1, name="fpn_inner2", dtype=self.dtype_policy)
+        self.fpn_inner3 = _conv(c, 1, name="fpn_inner3", dtype=self.dtype_policy)
+        self.fpn_inner4 = _conv(c, 1, name="fpn_inner4", dtype=self.dtype_policy)
+        self.fpn_layer2 = _conv(c, 3, name="fpn_layer2", dtype=self.dtype_policy)
+        self.fpn_layer3 = _conv(c, 3, name="fpn_layer3", dtype=self.dtype_policy)
+        self.fpn_layer4 = _conv(c, 3, name="fpn_layer4", dtype=self.dtype_policy)
+        self.p6 = _conv(c, 3, strides=2, name="p6", dtype=self.dtype_policy)
+        self.p7 = _conv(c, 3, strides=2, name="p7", dtype=self.dtype_policy)
 
     def build(self, input_shape: dict) -> None:
         out = (None, None, None, self.channels)

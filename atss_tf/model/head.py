@@ -27,7 +27,7 @@ from atss_tf.model.layers import Scale, TorchConv2D
 GROUP_NORM_EPSILON = 1e-5  # torch.nn.GroupNorm default
 
 
-def _conv(filters: int, name: str, bias: float = 0.0) -> TorchConv2D:
+def _conv(filters: int, name: str, bias: float = 0.0, dtype=None) -> TorchConv2D:
     return TorchConv2D(
         filters,
         3,
@@ -35,6 +35,7 @@ def _conv(filters: int, name: str, bias: float = 0.0) -> TorchConv2D:
         kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
         bias_initializer=keras.initializers.Constant(bias),
         name=name,
+        dtype=dtype,
     )
 
 
@@ -96,13 +97,14 @@ class ATSSHead(keras.layers.Layer):
         def tower(prefix: str) -> tuple[list, list]:
             convs, norms = [], []
             for i in range(self.num_convs):
-                convs.append(_conv(self.channels, f"{prefix}_conv{i}"))
+                convs.append(_conv(self.channels, f"{prefix}_conv{i}", dtype=self.dtype_policy))
                 if self.use_group_norm:
                     norms.append(
                         keras.layers.GroupNormalization(
                             groups=self.group_norm_groups,
                             epsilon=GROUP_NORM_EPSILON,
                             name=f"{prefix}_norm{i}",
+                            dtype=self.dtype_policy,
                         )
                     )
             return convs, norms
@@ -111,10 +113,14 @@ class ATSSHead(keras.layers.Layer):
         self.bbox_tower_convs, self.bbox_tower_norms = tower("bbox_tower")
         a = self.num_anchors
         cls_bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
-        self.cls_logits = _conv(a * self.num_classes, "cls_logits", bias=cls_bias)
-        self.bbox_pred = _conv(a * 4, "bbox_pred", bias=4.0 if regression == "point" else 0.0)
-        self.centerness = _conv(a, "centerness")
-        self.scales = [Scale(1.0, name=f"scale{level}") for level in range(self.num_levels)]
+        dtype = self.dtype_policy
+        self.cls_logits = _conv(a * self.num_classes, "cls_logits", bias=cls_bias, dtype=dtype)
+        point_bias = 4.0 if regression == "point" else 0.0
+        self.bbox_pred = _conv(a * 4, "bbox_pred", bias=point_bias, dtype=dtype)
+        self.centerness = _conv(a, "centerness", dtype=dtype)
+        self.scales = [
+            Scale(1.0, name=f"scale{level}", dtype=dtype) for level in range(self.num_levels)
+        ]
 
     def build(self, input_shape: Sequence) -> None:
         shape = tuple(input_shape[0])

@@ -302,7 +302,7 @@ class ImageNormalization(keras.layers.Layer):
 NORMS = ("frozen_bn", "batch_norm")
 
 
-def make_norm(norm: str, name: str, frozen: bool = False) -> keras.layers.Layer:
+def make_norm(norm: str, name: str, frozen: bool = False, dtype=None) -> keras.layers.Layer:
     """The backbone's normalisation layer.
 
     ``"frozen_bn"``: :class:`FrozenBatchNorm` (pretrained backbones, official).
@@ -311,9 +311,9 @@ def make_norm(norm: str, name: str, frozen: bool = False) -> keras.layers.Layer:
     backbone from scratch (the synthetic demo); non-trainable in frozen stages.
     """
     if norm == "frozen_bn":
-        return FrozenBatchNorm(name=name)
+        return FrozenBatchNorm(name=name, dtype=dtype)
     if norm == "batch_norm":
-        layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+        layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
         layer.trainable = not frozen
         return layer
     raise ValueError(f"unknown backbone norm {norm!r}: expected one of {NORMS}")

@@ -35,7 +35,9 @@ def _scaled(channels: int, multiplier: float, divisor: int = 1) -> int:
     return max(divisor, int(round(channels * multiplier / divisor)) * divisor)
 
 
-def _conv(filters, kernel_size, strides=1, groups=1, frozen=False, name=None) -> TorchConv2D:
+def _conv(
+    filters, kernel_size, strides=1, groups=1, frozen=False, name=None, dtype=None
+) -> TorchConv2D:
     return TorchConv2D(
         filters,
         kernel_size,
@@ -45,6 +47,7 @@ def _conv(filters, kernel_size, strides=1, groups=1, frozen=False, name=None) ->
         frozen=frozen,
         kernel_initializer=KAIMING_UNIFORM_A1,
         name=name,
+        dtype=dtype,
     )
 
 
@@ -86,12 +89,20 @@ class BottleneckBlock(keras.layers.Layer):
         self.frozen = bool(frozen)
         s1, s3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         width, f = self.bottleneck_channels, self.frozen
-        self.conv1 = _conv(width, 1, strides=s1, frozen=f, name="conv1")
-        self.bn1 = make_norm(self.norm, "bn1", self.frozen)
-        self.conv2 = _conv(width, 3, strides=s3, groups=self.groups, frozen=f, name="conv2")
-        self.bn2 = make_norm(self.norm, "bn2", self.frozen)
-        self.conv3 = _conv(self.out_channels, 1, frozen=f, name="conv3")
-        self.bn3 = make_norm(self.norm, "bn3", self.frozen)
+        self.conv1 = _conv(width, 1, strides=s1, frozen=f, name="conv1", dtype=self.dtype_policy)
+        self.bn1 = make_norm(self.norm, "bn1", self.frozen, dtype=self.dtype_policy)
+        self.conv2 = _conv(
+            width,
+            3,
+            strides=s3,
+            groups=self.groups,
+            frozen=f,
+            name="conv2",
+            dtype=self.dtype_policy,
+        )
+        self.bn2 = make_norm(self.norm, "bn2", self.frozen, dtype=self.dtype_policy)
+        self.conv3 = _conv(self.out_channels, 1, frozen=f, name="conv3", dtype=self.dtype_policy)
+        self.bn3 = make_norm(self.norm, "bn3", self.frozen, dtype=self.dtype_policy)
         self.downsample_conv = None
         self.downsample_bn = None
 
@@ -111,8 +122,11 @@ class BottleneckBlock(keras.layers.Layer):
                 strides=self.strides,
                 frozen=self.frozen,
                 name="downsample_conv",
+                dtype=self.dtype_policy,
             )
-            self.downsample_bn = make_norm(self.norm, "downsample_bn", self.frozen)
+            self.downsample_bn = make_norm(
+                self.norm, "downsample_bn", self.frozen, dtype=self.dtype_policy
+            )
             self.downsample_conv.build(input_shape)
             self.downsample_bn.build((None, None, None, self.out_channels))
 
@@ -179,10 +193,12 @@ class BasicBlock(keras.layers.Layer):
         self.strides = int(strides)
         self.frozen = bool(frozen)
         c, f = self.out_channels, self.frozen
-        self.conv1 = _conv(c, 3, strides=self.strides, frozen=f, name="conv1")
-        self.bn1 = make_norm(self.norm, "bn1", self.frozen)
-        self.conv2 = _conv(c, 3, frozen=f, name="conv2")
-        self.bn2 = make_norm(self.norm, "bn2", self.frozen)
+        self.conv1 = _conv(
+            c, 3, strides=self.strides, frozen=f, name="conv1", dtype=self.dtype_policy
+        )
+        self.bn1 = make_norm(self.norm, "bn1", self.frozen, dtype=self.dtype_policy)
+        self.conv2 = _conv(c, 3, frozen=f, name="conv2", dtype=self.dtype_policy)
+        self.bn2 = make_norm(self.norm, "bn2", self.frozen, dtype=self.dtype_policy)
         self.downsample_conv = None
         self.downsample_bn = None
 
@@ -194,9 +210,16 @@ class BasicBlock(keras.layers.Layer):
         self.bn2.build((None, None, None, c))
         if int(input_shape[-1]) != c or self.strides != 1:
             self.downsample_conv = _conv(
-                c, 1, strides=self.strides, frozen=self.frozen, name="downsample_conv"
+                c,
+                1,
+                strides=self.strides,
+                frozen=self.frozen,
+                name="downsample_conv",
+                dtype=self.dtype_policy,
             )
-            self.downsample_bn = make_norm(self.norm, "downsample_bn", self.frozen)
+            self.downsample_bn = make_norm(
+                self.norm, "downsample_bn", self.frozen, dtype=self.dtype_policy
+            )
             self.downsample_conv.build(input_shape)
             self.downsample_bn.build((None, None, None, c))
 
@@ -283,9 +306,14 @@ class ResNetBackbone(keras.layers.Layer):
             frozen=self.freeze_at >= 1,
             kernel_initializer=KAIMING_UNIFORM_A1,
             name="stem_conv1",
+            dtype=self.dtype_policy,
         )
-        self.stem_bn1 = make_norm(self.norm, "stem_bn1", self.freeze_at >= 1)
-        self.stem_pool = TorchMaxPool2D(3, strides=2, padding=1, name="stem_pool")
+        self.stem_bn1 = make_norm(
+            self.norm, "stem_bn1", self.freeze_at >= 1, dtype=self.dtype_policy
+        )
+        self.stem_pool = TorchMaxPool2D(
+            3, strides=2, padding=1, name="stem_pool", dtype=self.dtype_policy
+        )
 
         self.stages: list[list[keras.layers.Layer]] = []
         out_channels = []
@@ -308,11 +336,17 @@ class ResNetBackbone(keras.layers.Layer):
                         frozen=frozen,
                         norm=self.norm,
                         name=name,
+                        dtype=self.dtype_policy,
                     )
                 else:
                     out = _scaled(64 * factor, m)
                     block = BasicBlock(
-                        out, strides=strides, frozen=frozen, norm=self.norm, name=name
+                        out,
+                        strides=strides,
+                        frozen=frozen,
+                        norm=self.norm,
+                        name=name,
+                        dtype=self.dtype_policy,
                     )
                 blocks.append(block)
             self.stages.append(blocks)

@@ -1,15 +1,17 @@
 """ATSS sample selection (ATSS_SPEC §3, paper Algorithm 1), computed on windows.
 
-For every GT and pyramid level the official code measures the distance from
-the GT centre to every anchor, takes the ``k * #A`` nearest as candidates,
-and computes IoUs for all A x M pairs. Here only the anchors that *can* be
+The readable definition is :mod:`atss_tf.targets.dense_atss`: for every GT and
+pyramid level, the distance from the GT center to every anchor, the
+``k * #A`` nearest as candidates, IoUs for all A x M pairs - as the official
+code does. This module is an optimisation of it, proven equal on random
+cases by ``tests/test_targets_reference.py``: only the anchors that *can* be
 among the nearest are looked at, and IoUs are computed for candidates only.
 
 Why a small fixed set of locations is enough. Anchor locations of a level form
 a product grid (columns x rows); the ``#A`` anchors of a location share its
-centre, so the ``k * #A`` nearest anchors are the anchors of the ``k`` nearest
+center, so the ``k * #A`` nearest anchors are the anchors of the ``k`` nearest
 locations (ties: lowest anchor index, like ``tf.math.top_k`` on the flattened
-level). Sort the columns by their distance to the GT centre and call ``px`` a
+level). Sort the columns by their distance to the GT center and call ``px`` a
 column's position in that order; likewise ``py`` for rows. On a regular grid
 the columns two positions apart differ by a full stride, so a location at
 ``(px, py)`` has every location in columns ``< px - 1`` and rows ``<= py``
@@ -17,15 +19,33 @@ strictly closer than itself, and every location in columns ``<= px`` and rows
 ``< py - 1`` too. It can therefore only be among the ``k`` nearest if
 ``max(px - 1, 0) * (py + 1) < k`` and ``(px + 1) * max(py - 1, 0) < k``. Those
 ``(px, py)`` form a static "cross" of 32 cells for ``k = 9`` (whatever the GT
-position, inside or outside the canvas, next to a border or not); the columns
-and rows in distance order follow in closed form from the GT centre
-(:func:`axis_order`). Among the cross the ``k`` nearest are picked by an
+position, inside or outside the canvas, next to a border or not)::
+
+         px: 0 1 2 3 4 5 6 7 8 9        # = a cell that can be among the 9
+    py 0:    # # # # # # # # # #        nearest; (0, 0) is the nearest
+    py 1:    # # # # # # . . . .        column and row, (3, 1) the 4th
+    py 2:    # # # # . . . . . .        nearest column and 2nd nearest row
+    py 3:    # # # # . . . . . .
+    py 4:    # # . . . . . . . .
+    py 5:    # # . . . . . . . .
+    py 6:    # . . . . . . . . .
+    py 7:    # . . . . . . . . .
+    py 8:    # . . . . . . . . .
+    py 9:    # . . . . . . . . .
+
+The columns and rows in distance order follow in closed form from the GT
+center (:func:`axis_order`). Worked example: 5 columns, a GT center at
+``u = 2.3`` columns (``(x - offset) / stride``). The nearest column is 2; the
+point lies on its high side, so column 3 (0.7 away) comes before column 1
+(1.3), then 4, then 0: the order is ``2, 3, 1, 4, 0``. Near a border the
+order runs out on one side - ``u = 3.8`` gives ``4, 3, 2, 1, 0`` - and a center
+outside the canvas (``u = -1.7``) gives ``0, 1, 2, 3, 4``. Among the cross the ``k`` nearest are picked by an
 exact rank (distance, then anchor index), which reproduces a dense top-k
 including its tie rule. ``tests/test_targets_reference.py`` checks this
 against a dense NumPy implementation.
 
 Compared with the official code: distances are float32 ``sqrt`` of squared
-centre differences as there; the IoU threshold is ``mean + std`` with the
+center differences as there; the IoU threshold is ``mean + std`` with the
 unbiased (K - 1) std, computed relative to the best candidate IoU so that
 equal candidate IoUs give a threshold equal to them; zero valid GTs give no
 positives instead of an error.
@@ -100,6 +120,29 @@ def axis_order(u: tf.Tensor, n: np.ndarray, positions: np.ndarray) -> tuple[tf.T
     return tf.where(valid, index, 0), valid
 
 
+# The window tables pass cell codes through a float32 matmul (see _candidates),
+# exact only for integers below 2**24; a code is 4 * location + 2 flags.
+FLOAT32_EXACT_INTEGERS = 2**24
+MAX_LEVEL_LOCATIONS = FLOAT32_EXACT_INTEGERS // 4
+
+
+def column_code(col: tf.Tensor, col_ok: tf.Tensor) -> tf.Tensor:
+    """The column's share of a cell code: ``4 * col + col_ok``."""
+    return col * 4 + tf.cast(col_ok, tf.int32)
+
+
+def row_code(row: tf.Tensor, row_ok: tf.Tensor, widths: np.ndarray) -> tf.Tensor:
+    """The row's share of a cell code: ``4 * row * width + row_ok``; with
+    :func:`column_code` the sum is ``4 * location + col_ok + row_ok``."""
+    return row * (4 * widths[:, None]) + tf.cast(row_ok, tf.int32)
+
+
+def unpack_code(code: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(location, valid)`` of summed cell codes: valid when both the column
+    and the row exist (both flags set)."""
+    return code // 4, code % 4 == 2
+
+
 def _candidates(
     grid: AnchorGrid, boxes: tf.Tensor, k: int
 ) -> tuple[tf.Tensor, np.ndarray, tf.Tensor]:
@@ -108,7 +151,7 @@ def _candidates(
     Returns ``anchor [B, M, C]`` int32 (per level ``k`` nearest-location slots
     times #A anchors, C = levels x k x #A), ``slot_ok [C]`` NumPy bool (False
     for the slots of levels with fewer than ``k`` locations) and
-    ``points [B, M, C, 2]`` float32 anchor centres.
+    ``points [B, M, C, 2]`` float32 anchor centers.
     """
     batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
     apl = grid.anchors_per_location
@@ -119,29 +162,29 @@ def _candidates(
     k_locations = np.minimum(k, heights * widths)
     px, py = candidate_pattern(k)
     num_cells, num_positions = len(px), k + 1
-    if 4 * int((heights * widths).max()) >= 2**24:
+    if int((heights * widths).max()) >= MAX_LEVEL_LOCATIONS:
         raise ValueError(f"canvas {grid.image_size} too large for the ATSS window codes")
 
-    # Location centres, exactly the anchor centres of the grid (j*s + offset).
-    def centres(col, row):
+    # Location centers, exactly the anchor centers of the grid (j*s + offset).
+    def centers(col, row):
         return (
             offsets[:, None] + tf.cast(col, tf.float32) * strides[:, None],
             offsets[:, None] + tf.cast(row, tf.float32) * strides[:, None],
         )
 
-    centre = box_ops.centers(boxes)  # [B, M, 2]
-    gx, gy = centre[..., 0:1], centre[..., 1:2]  # [B, M, 1]
+    center = box_ops.centers(boxes)  # [B, M, 2]
+    gx, gy = center[..., 0:1], center[..., 1:2]  # [B, M, 1]
     positions = np.arange(num_positions)
     cols, col_ok = axis_order((gx - offsets) / strides, widths, positions)  # [B, M, L, T]
     rows, row_ok = axis_order((gy - offsets) / strides, heights, positions)
-    ax, ay = centres(cols, rows)
+    ax, ay = centers(cols, rows)
     # Per cell: dx, dy and code = 4 * location + (column ok) + (row ok).
     table = tf.concat(
         [
             ax - gx[..., None],
             ay - gy[..., None],
-            tf.cast(cols * 4 + tf.cast(col_ok, tf.int32), tf.float32),
-            tf.cast(rows * (4 * widths[:, None]) + tf.cast(row_ok, tf.int32), tf.float32),
+            tf.cast(column_code(cols, col_ok), tf.float32),
+            tf.cast(row_code(rows, row_ok, widths), tf.float32),
         ],
         axis=-1,
     )  # [B, M, L, 4T]
@@ -156,7 +199,7 @@ def _candidates(
     spread[3 * num_positions + py, 2 * num_cells + cells] = 1.0
     dx, dy, code = tf.split(tf.tensordot(table, spread, axes=1), 3, axis=-1)  # [B, M, L, P]
     code = tf.cast(code, tf.int32)
-    valid = code % 4 == 2
+    _, valid = unpack_code(code)
     dist = tf.where(valid, tf.sqrt(dx * dx + dy * dy), np.inf)
 
     # Rank the cells by (distance, location index): a strict total order over
@@ -166,9 +209,9 @@ def _candidates(
     rank = tf.reduce_sum(tf.cast(closer, tf.int32), axis=-1)  # [B, M, L, P]
     # Slot r of a level holds the cell of rank r.
     in_slot = tf.equal(rank[..., None, :], tf.range(k)[:, None])  # [B, M, L, k, P]
-    slot_location = tf.reduce_sum(tf.where(in_slot, code[..., None, :], 0), axis=-1) // 4
+    slot_location, _ = unpack_code(tf.reduce_sum(tf.where(in_slot, code[..., None, :], 0), axis=-1))
     slot_ok = np.arange(k)[None, :] < k_locations[:, None]  # [L, k]
-    ax, ay = centres(slot_location % widths[:, None], slot_location // widths[:, None])
+    ax, ay = centers(slot_location % widths[:, None], slot_location // widths[:, None])
 
     starts = np.asarray(grid.level_starts, np.int32)
     anchor = starts[:, None, None] + (slot_location * apl)[..., None] + tf.range(apl)
@@ -197,7 +240,7 @@ def candidates(
     Returns:
         ``(anchor_index [..., M, C] int32, is_candidate [..., M, C] bool)``
         with C = levels x k x #A: per level the ``min(k * #A, anchors in
-        level)`` anchors nearest to the GT centre (ties: lowest anchor index),
+        level)`` anchors nearest to the GT center (ties: lowest anchor index),
         nearest first; slots of levels with fewer anchors and padded GTs are
         not candidates.
     """

@@ -15,11 +15,12 @@ import tensorflow as tf
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid, generate_anchors, level_shape
 from atss_tf.config import AssignerConfig, Config, ConfigError, ModelConfig
-from atss_tf.targets import atss, fcos, iou, topk
+from atss_tf.targets import atss, dense_atss, fcos, iou, topk
 from atss_tf.targets.common import Selector
 
 SELECTORS: dict[str, Selector] = {
     "atss": atss.select,
+    "atss_dense": dense_atss.select,
     "iou": iou.select,
     "fcos": fcos.select,
     "fcos_center": fcos.select_center,
@@ -31,7 +32,7 @@ SELECTORS: dict[str, Selector] = {
 # build; above it a canvas is refused before any anchor is made.
 MAX_ENCODER_MATRIX_BYTES = 2 * 1024**3
 # The ATSS selector's window codes hold 4 * (locations of a level) below 2**24.
-MAX_ATSS_LEVEL_LOCATIONS = 2**22
+MAX_ATSS_LEVEL_LOCATIONS = atss.MAX_LEVEL_LOCATIONS
 
 
 def check_encoder_size(

@@ -6,8 +6,8 @@
   level's range ``assigner.fcos_ranges`` (both ends inclusive). With
   ``loss.inclusive_geometry`` the range test uses distances 0.5 px shorter,
   as the authors' inclusive-pixel code measures them (ATSS_SPEC §0.3).
-* ``fcos_center`` (FCOS centre sampling, Table 3): the point must moreover lie
-  in the box of half-size ``center_radius * stride`` centred on the GT centre,
+* ``fcos_center`` (FCOS center sampling, Table 3): the point must moreover lie
+  in the box of half-size ``center_radius * stride`` centered on the GT center,
   clipped to the GT (the inside test is made against that clipped box).
 
 Several candidate GTs: the smallest area wins (ties: lowest GT index).
@@ -39,12 +39,12 @@ def _select(
     gt_mask: tf.Tensor,
     a: AssignerConfig,
     inclusive: bool,
-    centre: bool,
+    center: bool,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     points = tf.constant(grid.centers)[None, :, None, :]  # [1, A, 1, 2]
     gt = boxes[:, None, :, :]  # [B, 1, M, 4]
-    if centre:
+    if center:
         radius = level_table(grid, np.asarray(grid.strides) * a.center_radius)[None, :, None]
         c = box_ops.centers(gt)
         region = tf.stack(
@@ -78,7 +78,7 @@ def select(
     inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """FCOS spatial and scale constraint; selector interface of :mod:`atss_tf.targets.common`."""
-    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, centre=False)
+    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, center=False)
 
 
 def select_center(
@@ -88,5 +88,5 @@ def select_center(
     assigner: AssignerConfig,
     inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """FCOS with centre sampling (``assigner.center_radius``); same interface."""
-    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, centre=True)
+    """FCOS with center sampling (``assigner.center_radius``); same interface."""
+    return _select(grid, gt_boxes, gt_mask, assigner, inclusive, center=True)

@@ -7,7 +7,7 @@ maskrcnn-benchmark ``Matcher`` semantics, as used by the authors' code:
   ignored;
 * low-quality matches: for every GT, each anchor whose IoU equals that GT's
   highest IoU (all ties) is restored to its *own* best GT, whatever its IoU;
-* positives whose anchor centre is not inside their GT (``center_margin``)
+* positives whose anchor center is not inside their GT (``center_margin``)
   become ignored.
 
 One deliberate difference: a valid GT that overlaps no anchor at all (IoU 0

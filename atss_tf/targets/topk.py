@@ -1,9 +1,9 @@
 """The authors' TOPK variant (``POSITIVE_TYPE: TOPK``, ATSS_SPEC §3).
 
 For each GT the ``assigner.topk`` anchors of highest ``IoU - d / d_max / 1000``
-over all levels, where ``d`` is the anchor-centre to GT-centre distance and
+over all levels, where ``d`` is the anchor-center to GT-center distance and
 ``d_max`` the largest such distance over all anchors and valid GTs of the
-image; those whose centre lies inside the GT (``center_margin``) are
+image; those whose center lies inside the GT (``center_margin``) are
 positive. An anchor positive for several GTs takes the highest IoU (ties:
 lowest GT index). Ties in the top-k go to the lowest anchor index. Never
 ignores anchors.
