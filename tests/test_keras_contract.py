@@ -140,3 +140,4 @@ def test_every_registered_class_has_a_contract_case():
     covered = set(LAYER_CASES) | set(ELSEWHERE) | {"CoupledSGD", "WarmupMultiStepSchedule"}
     assert registered, "no atss_tf class is registered with Keras"
     assert registered <= covered, f"no contract case for {sorted(registered - covered)}"
+    assert covered <= registered, f"not registered with Keras: {sorted(covered - registered)}"

@@ -51,6 +51,24 @@ def _conv(
     )
 
 
+def _build_projection(block: keras.layers.Layer, channels: int, input_shape) -> None:
+    """Create and build ``block``'s projection shortcut: ``downsample_conv``
+    (1x1, the block's stride) and ``downsample_bn``."""
+    block.downsample_conv = _conv(
+        channels,
+        1,
+        strides=block.strides,
+        frozen=block.frozen,
+        name="downsample_conv",
+        dtype=block.dtype_policy,
+    )
+    block.downsample_bn = make_norm(
+        block.norm, "downsample_bn", block.frozen, dtype=block.dtype_policy
+    )
+    block.downsample_conv.build(input_shape)
+    block.downsample_bn.build((None, None, None, channels))
+
+
 @keras.saving.register_keras_serializable(package="atss_tf")
 class BottleneckBlock(keras.layers.Layer):
     """ResNet bottleneck: 1x1 -> 3x3 (grouped) -> 1x1, frozen BN, identity/projection.
@@ -116,19 +134,7 @@ class BottleneckBlock(keras.layers.Layer):
         self.conv3.build((None, None, None, width))
         self.bn3.build((None, None, None, self.out_channels))
         if in_channels != self.out_channels:
-            self.downsample_conv = _conv(
-                self.out_channels,
-                1,
-                strides=self.strides,
-                frozen=self.frozen,
-                name="downsample_conv",
-                dtype=self.dtype_policy,
-            )
-            self.downsample_bn = make_norm(
-                self.norm, "downsample_bn", self.frozen, dtype=self.dtype_policy
-            )
-            self.downsample_conv.build(input_shape)
-            self.downsample_bn.build((None, None, None, self.out_channels))
+            _build_projection(self, self.out_channels, input_shape)
 
     def call(self, inputs):
         x = ops.relu(self.bn1(self.conv1(inputs)))
@@ -209,19 +215,7 @@ class BasicBlock(keras.layers.Layer):
         self.conv2.build((None, None, None, c))
         self.bn2.build((None, None, None, c))
         if int(input_shape[-1]) != c or self.strides != 1:
-            self.downsample_conv = _conv(
-                c,
-                1,
-                strides=self.strides,
-                frozen=self.frozen,
-                name="downsample_conv",
-                dtype=self.dtype_policy,
-            )
-            self.downsample_bn = make_norm(
-                self.norm, "downsample_bn", self.frozen, dtype=self.dtype_policy
-            )
-            self.downsample_conv.build(input_shape)
-            self.downsample_bn.build((None, None, None, c))
+            _build_projection(self, c, input_shape)
 
     def call(self, inputs):
         x = ops.relu(self.bn1(self.conv1(inputs)))

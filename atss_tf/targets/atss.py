@@ -59,7 +59,7 @@ import tensorflow as tf
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
 from atss_tf.config import AssignerConfig
-from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
+from atss_tf.targets.common import batched_inputs, match_candidates, points_inside, unbatch
 
 
 def candidate_pattern(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,8 +266,6 @@ def select(
     """
     k = assigner.topk
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
-    batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
-
     anchor, slot_ok, points = _candidates(grid, boxes, k)
     num_candidates = int(slot_ok.sum())
     gt = boxes[:, :, None, :]
@@ -291,13 +289,6 @@ def select(
         first = tf.reduce_min(tf.where(eligible, anchor, grid.num_anchors), axis=-1, keepdims=True)
         positive |= eligible & (anchor == first) & ~has_positive
 
-    gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(anchor))
-    matched = best_gt_per_anchor(
-        tf.reshape(anchor, [batch, -1]),
-        tf.reshape(gt_index, [batch, -1]),
-        tf.reshape(overlaps, [batch, -1]),
-        tf.reshape(positive, [batch, -1]),
-        grid.num_anchors,
-    )
+    matched = match_candidates(anchor, overlaps, positive, grid.num_anchors)
     ignore = tf.zeros_like(matched, dtype=tf.bool)
     return unbatch((matched, ignore), single)

@@ -116,6 +116,31 @@ def best_gt_per_anchor(
     return tf.where(best >= 0, tf.cast(matched, tf.int32), -1)
 
 
+def match_candidates(
+    candidates: tf.Tensor, iou: tf.Tensor, positive: tf.Tensor, num_anchors: int
+) -> tf.Tensor:
+    """Each anchor's GT among per-GT candidate lists (:func:`best_gt_per_anchor`).
+
+    Args:
+        candidates: ``[B, M, C]`` int32 candidate anchors of each GT.
+        iou: ``[B, M, C]`` float32 their IoU with the GT.
+        positive: ``[B, M, C]`` bool.
+        num_anchors: A.
+
+    Returns:
+        ``[B, A]`` int32 matched GT row, -1 where none.
+    """
+    batch, num_gt = tf.shape(candidates)[0], tf.shape(candidates)[1]
+    gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(candidates))
+    return best_gt_per_anchor(
+        tf.reshape(candidates, [batch, -1]),
+        tf.reshape(gt_index, [batch, -1]),
+        tf.reshape(iou, [batch, -1]),
+        tf.reshape(positive, [batch, -1]),
+        num_anchors,
+    )
+
+
 def level_table(grid: AnchorGrid, values) -> tf.Tensor:
     """``[A]`` float32 constant repeating one value per pyramid level."""
     return tf.constant(np.repeat(np.asarray(values, np.float32), grid.num_per_level))

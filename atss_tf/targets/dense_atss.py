@@ -32,7 +32,7 @@ import tensorflow as tf
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
 from atss_tf.config import AssignerConfig
-from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
+from atss_tf.targets.common import batched_inputs, match_candidates, points_inside, unbatch
 
 
 def select(
@@ -45,7 +45,6 @@ def select(
     """Dense ATSS positives (``assigner.topk``, ``assigner.center_margin``);
     never ignores anchors. ``fallback_best_candidate`` is not applied here."""
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)  # [B, M, 4], [B, M]
-    batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
     anchors = tf.constant(grid.boxes)  # [A, 4]
     points = tf.constant(grid.centers)  # [A, 2]
 
@@ -78,12 +77,5 @@ def select(
     positive = (iou >= threshold) & inside & mask[..., None]
 
     # Step 5: each anchor keeps the box of highest IoU among those it is positive for.
-    gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(candidates))
-    matched = best_gt_per_anchor(
-        tf.reshape(candidates, [batch, -1]),
-        tf.reshape(gt_index, [batch, -1]),
-        tf.reshape(iou, [batch, -1]),
-        tf.reshape(positive, [batch, -1]),
-        grid.num_anchors,
-    )
+    matched = match_candidates(candidates, iou, positive, grid.num_anchors)
     return unbatch((matched, tf.zeros_like(matched, dtype=tf.bool)), single)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from atss_tf import boxes as box_ops
 from atss_tf.anchors import AnchorGrid
 from atss_tf.config import AssignerConfig
-from atss_tf.targets.common import batched_inputs, best_gt_per_anchor, points_inside, unbatch
+from atss_tf.targets.common import batched_inputs, match_candidates, points_inside, unbatch
 
 
 def select(
@@ -29,7 +29,6 @@ def select(
     """TOPK positives; selector interface of :mod:`atss_tf.targets.common`."""
     k = min(assigner.topk, grid.num_anchors)
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
-    batch, num_gt = tf.shape(boxes)[0], tf.shape(boxes)[1]
     anchors = tf.constant(grid.boxes)
     points = tf.constant(grid.centers)
     overlaps = box_ops.iou(boxes[:, :, None, :], anchors[None, None])  # [B, M, A]
@@ -41,12 +40,7 @@ def select(
     gt = boxes[:, :, None, :]
     positive = points_inside(tf.gather(points, top), gt, assigner.center_margin)
     positive &= mask[..., None]
-    gt_index = tf.broadcast_to(tf.range(num_gt)[None, :, None], tf.shape(top))
-    matched = best_gt_per_anchor(
-        tf.reshape(top, [batch, -1]),
-        tf.reshape(gt_index, [batch, -1]),
-        tf.reshape(tf.gather(overlaps, top, batch_dims=2), [batch, -1]),
-        tf.reshape(positive, [batch, -1]),
-        grid.num_anchors,
+    matched = match_candidates(
+        top, tf.gather(overlaps, top, batch_dims=2), positive, grid.num_anchors
     )
     return unbatch((matched, tf.zeros_like(matched, dtype=tf.bool)), single)
