@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,20 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import append_results  # noqa: E402
-from benchmarks.input_checks import _env, pipeline  # noqa: E402
-
-LOAD_SNIPPET = """
-import json, sys, time
-from atss_tf.data.coco import load_coco
-times = []
-for _ in range(3):
-    t = time.perf_counter()
-    ds = load_coco(sys.argv[1], sys.argv[2], training=True, image_check="none")
-    times.append(time.perf_counter() - t)
-import atss_tf
-print(json.dumps({"ms": 1000 * min(times), "records": len(ds.records),
-                  "boxes": ds.report["boxes_kept"], "file": atss_tf.__file__}))
-"""
+from benchmarks.input_checks import load, pipeline  # noqa: E402
 
 
 def coco_like_json(path: Path, num_images: int, seed: int = 0) -> int:
@@ -79,16 +65,6 @@ def coco_like_json(path: Path, num_images: int, seed: int = 0) -> int:
     return len(annotations)
 
 
-def load(checkout: Path, annotations: Path, images_dir: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", LOAD_SNIPPET, str(annotations), str(images_dir)],
-        capture_output=True, text=True, check=True, env=_env(checkout), cwd=checkout,
-    )  # fmt: skip
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["file"].startswith(str(checkout)), out  # the checkout's own code ran
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         count = coco_like_json(annotations, args.images)
         for r in range(args.rounds):
             for name, checkout in list(checkouts.items())[:: 1 if r % 2 == 0 else -1]:
-                out = load(checkout, annotations, Path(tmp))
+                out = load(checkout, annotations, tmp, image_check="none")
                 results[name]["load"].append(out["ms"])
                 kept[name] = (out["records"], out["boxes"])
                 results[name]["pipe"].append(pipeline(checkout, args.pipeline_images))
