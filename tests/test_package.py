@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,18 @@ def test_import_atss_tf_alone_loads_a_saved_model_in_a_fresh_process(tmp_path):
 def test_a_wheel_install_runs_the_demo_and_finds_every_config(tmp_path):
     """``pip install .`` (not ``-e``): the package and its configs come from the
     wheel, not from this source tree, and the demo runs with its built-in config."""
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Build from a clean copy: an in-tree build would leave build/ in the checkout,
+    # and files deleted since an earlier build could slip into the wheel from it.
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "runs", ".ruff_cache"
+        ),
+    )
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         capture_output=True,
         text=True,
     )
