@@ -132,6 +132,10 @@ class ModelConfig:
     num_classes: int = 80
     # Names of labels 1..num_classes (for pictures and json); empty: "class <k>".
     class_names: tuple[str, ...] = ()
+    # The dataset's category id of each label 1..num_classes (COCO: 1..90 with
+    # gaps), what detections are reported as (json, SavedModel); empty: the
+    # label itself. Training fills both from the training data when empty.
+    category_ids: tuple[int, ...] = ()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -374,6 +378,15 @@ def validate(cfg: Config) -> None:
         "model.class_names",
         cfg.model.class_names,
         f"empty or {cfg.model.num_classes} names (model.num_classes)",
+    )
+    ids = cfg.model.category_ids
+    check(
+        len(ids) in (0, cfg.model.num_classes)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in ids)
+        and len(set(ids)) == len(ids),
+        "model.category_ids",
+        ids,
+        f"empty or {cfg.model.num_classes} distinct integers >= 1 (model.num_classes)",
     )
     check(
         all(_finite(v) and v > 0 for v in cfg.model.pixel_std),

@@ -170,10 +170,12 @@ def test_every_shipped_config_trains_evaluates_and_predicts(
     _check_pictures(run / "pictures", work / "my_photos")
 
 
-@pytest.mark.parametrize("fmt", sorted(OFFICIAL_CHECKPOINTS))
-def test_readme_official_pretrained_models(fmt, coco80, official_outputs, tmp_path):
-    """Convert the authors' checkpoint (zip or legacy format) with the README's
-    commands, predict on a photo, evaluate on data with COCO's 80 category ids."""
+def test_readme_official_pretrained_models(coco80, official_outputs, tmp_path):
+    """Convert the authors' checkpoint with the README's commands, predict on a
+    photo, evaluate on data with COCO's 80 category ids. The checkpoint is in
+    the legacy torch format their model zoo uses; a zip-format file converts
+    to the same model (tests/test_convert_official.py runs both)."""
+    fmt = "legacy"
     from PIL import Image
 
     commands = readme_commands("Use the official pretrained models")
@@ -192,6 +194,7 @@ def test_readme_official_pretrained_models(fmt, coco80, official_outputs, tmp_pa
             out = work / argv[argv.index("--out") + 1]
             records = json.loads((out / "detections.json").read_text())
             assert len(records) == 100  # the official post-processing keeps 100
+            assert all(COCO_CATEGORY_IDS[r["label"] - 1] == r["category_id"] for r in records)
             assert (out / f"{Path(photo).name}.detections.png").exists()
         else:
             out = work / argv[argv.index("--out") + 1]

@@ -148,3 +148,26 @@ def test_the_asset_is_unchanged():
     assert "format_version" not in entries and entries["config"]["official_compat"] is True
     assert V0_1.stat().st_size < 600_000
     assert keras.saving.get_registered_object("atss_tf>ATSSDetector") is ATSSDetector
+
+
+def test_a_format_2_file_reads_category_ids_as_the_labels(tmp_path):
+    """atss-tf 0.2 wrote format 2, without model.category_ids."""
+    path = tmp_path / "m.keras"
+    build_detector(tiny_config(["model.category_ids=[2, 5, 9]"])).save(path)
+    assert load_detector(path).category_ids == [2, 5, 9]
+    old = tmp_path / "v0_2.keras"
+
+    def as_format_2(entries):
+        entries.update(format_version=2)
+        del entries["detector"]["model"]["category_ids"]
+
+    _rewrite_config_json(path, old, as_format_2)
+    assert load_detector(old).category_ids == [1, 2, 3]
+
+
+def test_model_category_ids_must_match_the_classes():
+    from atss_tf.config import ConfigError
+
+    for bad in ("[2, 5]", "[2, 2, 9]", "[0, 1, 2]"):
+        with pytest.raises(ConfigError, match="model.category_ids"):
+            tiny_config([f"model.category_ids={bad}"])

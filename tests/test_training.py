@@ -180,3 +180,22 @@ def test_resume_after_sigkill_restores_step_and_optimizer(data_root, tmp_path):
     for restored, expected in zip(seen["state"], saved):
         np.testing.assert_array_equal(restored, expected)
     assert int(model.optimizer.iterations.numpy()) == info["step"] + 2
+
+
+def test_the_training_data_names_the_model_classes_and_a_conflict_is_refused():
+    from atss_tf.config import ConfigError
+    from atss_tf.data.coco import CategoryMap
+    from atss_tf.training.fit import with_dataset_categories
+
+    cfg = tiny_config()
+    categories = CategoryMap((2, 5, 9), ("circle", "square", "triangle"))
+    filled = with_dataset_categories(cfg, categories)
+    assert filled.model.category_ids == (2, 5, 9)
+    assert filled.model.class_names == ("circle", "square", "triangle")
+    assert cfg.model.category_ids == () and cfg.model.class_names == ()  # a copy
+    # TFRecords without a category list: ids only, no names invented.
+    assert with_dataset_categories(cfg, CategoryMap.identity(3)).model.class_names == ()
+    named = tiny_config(["model.class_names=[a, b, c]"])
+    assert with_dataset_categories(named, categories).model.class_names == ("a", "b", "c")
+    with pytest.raises(ConfigError, match=r"model.category_ids=\[1, 2, 3\] differ .* \[2, 5, 9\]"):
+        with_dataset_categories(tiny_config(["model.category_ids=[1, 2, 3]"]), categories)

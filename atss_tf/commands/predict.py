@@ -90,6 +90,7 @@ def run(args) -> int:
 
     model = load_detector(args.weights, config)
     names = model.class_names
+    category_ids = model.category_ids
     params = test_transform(model, config)
     max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
     out = Path(args.out)
@@ -123,6 +124,7 @@ def run(args) -> int:
                         "box_xyxy": [round(float(v), 2) for v in box],
                         "score": round(float(score), 5),
                         "label": int(cls),
+                        "category_id": category_ids[int(cls) - 1],
                         "class_name": names[int(cls) - 1],
                     }
                 )

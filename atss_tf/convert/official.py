@@ -45,7 +45,7 @@ import numpy as np
 
 from atss_tf.config import Config, from_dict, to_dict
 from atss_tf.convert.torch_pickle import CheckpointError, load_state_dict
-from atss_tf.data.coco_names import COCO_CLASS_NAMES
+from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.errors import UsageError
 
 OFFICIAL_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
@@ -179,8 +179,11 @@ def infer_config(
                 f"{m.anchors.anchors_per_location}: set model.anchors in the base config"
             )
     m.num_classes = int(_require(state, "rpn.head.cls_logits.bias").shape[0]) // num_anchors
-    if m.num_classes == len(COCO_CLASS_NAMES) and len(m.class_names) != m.num_classes:
-        m.class_names = COCO_CLASS_NAMES  # the official zoo is trained on COCO
+    if m.num_classes == len(COCO_CLASS_NAMES):  # the official zoo is trained on COCO
+        if len(m.class_names) != m.num_classes:
+            m.class_names = COCO_CLASS_NAMES
+        if len(m.category_ids) != m.num_classes:
+            m.category_ids = COCO_CATEGORY_IDS
 
     m.input_bgr = True
     m.pixel_mean = OFFICIAL_PIXEL_MEAN_BGR

@@ -142,6 +142,13 @@ class ATSSDetector(keras.Model):
         names = list(self.detector_config.model.class_names)
         return names or [f"class {k}" for k in range(1, self.num_classes + 1)]
 
+    @property
+    def category_ids(self) -> list[int]:
+        """The dataset category id of labels 1..C (``model.category_ids``, else
+        the labels themselves)."""
+        ids = list(self.detector_config.model.category_ids)
+        return ids or list(range(1, self.num_classes + 1))
+
     def compile(
         self,
         optimizer="sgd",

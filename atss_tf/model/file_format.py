@@ -1,11 +1,14 @@
 """What a detector's ``.keras`` file holds, by format version, and the migrations.
 
-Format 2 (atss-tf >= 0.2): ``ATSSDetector.get_config`` stores
-``{"format_version": 2, "detector": <DetectorConfig as a dict>}`` - the network,
-anchors, normalisation, box geometry, post-processing, class names and the
-test-time input size. No data paths, no schedule, no assigner or loss
+Format 3 (atss-tf >= 0.3): ``ATSSDetector.get_config`` stores
+``{"format_version": 3, "detector": <DetectorConfig as a dict>}`` - the network,
+anchors, normalisation, box geometry, post-processing, class names, the
+dataset's category ids and the test-time input size. No data paths, no schedule, no assigner or loss
 settings (those are how a model is *trained*, set with ``compile``), and no
 compile config (the optimizer's schedule).
+
+Format 2 (atss-tf 0.2): the same without ``model.category_ids`` (read as
+labels 1..C, their default).
 
 Format 1 (atss-tf 0.1): ``{"config": <the whole training Config>}``. It is
 read by picking out the sections format 2 keeps, so fields of the training
@@ -20,7 +23,7 @@ from typing import Any
 from atss_tf.config import DetectorConfig, detector_config_from_dict, from_dict, to_dict
 from atss_tf.errors import CheckpointError, ConfigError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def detector_config_to_file(config: DetectorConfig) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def detector_config_from_file(entries: dict[str, Any]) -> DetectorConfig:
     try:
         if version == 1:
             return _from_format_1(entries["config"])
-        if version == FORMAT_VERSION:
+        if version in (2, FORMAT_VERSION):
             return detector_config_from_dict(entries["detector"])
     except ConfigError as e:
         raise CheckpointError(

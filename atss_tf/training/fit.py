@@ -12,6 +12,7 @@ users can do the same steps by hand (``build_detector``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
+from atss_tf.data.coco import CategoryMap
 from atss_tf.evaluation import make_evaluate_fn
 from atss_tf.training.callbacks import (
     CocoEvalCallback,
@@ -91,6 +93,29 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def with_dataset_categories(cfg: Config, category_map: CategoryMap) -> Config:
+    """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from
+    the training data's categories where the config leaves them empty, so the
+    saved model reports detections as the dataset's category ids and names
+    (names that are only the ids, from TFRecords without a category list, are
+    not copied).
+
+    Raises:
+        ConfigError: ``model.category_ids`` is set and differs from the data's.
+    """
+    model = cfg.model
+    ids, names = tuple(category_map.category_ids), tuple(category_map.names)
+    if model.category_ids and tuple(model.category_ids) != ids:
+        raise ConfigError(
+            f"model.category_ids={list(model.category_ids)} differ from the training data's "
+            f"category ids {list(ids)}; leave model.category_ids empty to take the data's"
+        )
+    filled = {"category_ids": ids}
+    if not model.class_names and names != tuple(str(i) for i in ids):
+        filled["class_names"] = names
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, **filled))
 
 
 def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = None):
@@ -173,7 +198,7 @@ def train(
         DataError: no usable training data.
         CheckpointError: a checkpoint cannot be written (the previous one is kept).
     """
-    from atss_tf.data.pipeline import build_dataset
+    from atss_tf.data.pipeline import build_dataset, load_split, resolve_category_map
     from atss_tf.progress import fit_verbosity
     from atss_tf.targets import TargetEncoder
     from atss_tf.visualization import make_picture_fn
@@ -186,16 +211,23 @@ def train(
     keras.utils.set_random_seed(cfg.train.seed)
     # A resumed run sees a new (still reproducible) stream of images.
     initial_epoch = int(latest["epoch"]) if latest else 0
+    if cfg.data.train_tfrecords:
+        source, category_map = None, resolve_category_map(cfg, "train")
+    else:
+        source = load_split(cfg, "train")
+        category_map = source.category_map
     train_ds = build_dataset(
         cfg,
         "train",
         encoder_factory=lambda size: TargetEncoder.from_config(cfg, size),
+        source=source,
+        category_map=category_map,
         seed=cfg.train.seed + initial_epoch,
     )
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     strategy = strategy or make_strategy(cfg.train.strategy)
-    model = build_training_model(cfg, strategy)
+    model = build_training_model(with_dataset_categories(cfg, category_map), strategy)
     info = ckpt.restore(model)
     if info:
         logger.info(
