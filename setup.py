@@ -33,7 +33,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel"],
+        # tensorflow-serving-api: the tests read the SavedModel's warm-up
+        # records with TF Serving's own protos (the export writes them without it).
+        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "tensorflow-serving-api"],
     },
     entry_points={"console_scripts": ["atss-tf=atss_tf.cli:main"]},
 )

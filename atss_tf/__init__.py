@@ -21,12 +21,14 @@ The data flow, one module (or package) per step::
     training/        fit.train(cfg, out): optimizer, schedule, callbacks, resume
     evaluation.py    COCO metrics of a model on a validation set
     inference.py     load_detector, detect(model, [rgb, ...]) -> original pixels
+    export.py        export_saved_model(model, dir): the TF Serving SavedModel
+                     (decode, resize, canvases, network, NMS in one graph)
     visualization.py draw_detections / save_detection_grid (matplotlib)
     convert/         official PyTorch checkpoints and keras.applications weights
     commands/, cli.py  the atss-tf command line
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 import importlib as _importlib
 import os as _os
@@ -45,6 +47,7 @@ __all__ = [
     "build_training_model",
     "detect",
     "draw_detections",
+    "export_saved_model",
     "generate_synthetic_coco",
     "load_config",
     "load_detector",
@@ -59,6 +62,7 @@ _API = {
     "atss_tf.config": ("Config", "ConfigError", "load_config", "save_config"),
     "atss_tf.data.pipeline": ("build_dataset",),
     "atss_tf.data.synthetic": ("generate_synthetic_coco",),
+    "atss_tf.export": ("export_saved_model",),
     "atss_tf.inference": ("detect", "load_detector", "read_image"),
     "atss_tf.model": ("ATSSDetector", "build_detector"),
     "atss_tf.targets": ("TargetEncoder",),

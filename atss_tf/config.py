@@ -42,6 +42,8 @@ IMAGE_CHECKS = ("none", "quick", "full")  # atss_tf.data.image_files
 BAD_IMAGE_POLICIES = ("skip", "error")
 # Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): about 1/4 GiB of RGB.
 DEFAULT_MAX_PIXELS = 89_478_485
+# What a served SavedModel takes as its "inputs" (atss_tf.export).
+SERVING_INPUT_TYPES = ("image_bytes", "image_tensor", "tf_example")
 
 
 @dataclass

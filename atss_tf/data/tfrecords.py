@@ -279,7 +279,11 @@ def record_name(parsed: dict[str, tf.Tensor]) -> tf.Tensor:
 
 
 def encoded_image_problem(
-    encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor, max_pixels: int
+    encoded: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    max_pixels: int,
+    limit_name: str = "data.max_image_pixels",
 ) -> tf.Tensor:
     """Why an encoded image must not be decoded, or ``""`` (tf ops, string scalar).
 
@@ -287,6 +291,7 @@ def encoded_image_problem(
     for images inside TFRecords: an unknown format, a missing end-of-image
     marker (a truncated file), or more than ``max_pixels`` pixels (0: no limit)
     by the record's ``height`` x ``width`` or, for PNG, by its IHDR chunk.
+    ``limit_name`` is how the message names the limit.
     """
     head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 24), "\0" * 24]), 0, 24)
     length = tf.strings.length(encoded)
@@ -325,7 +330,7 @@ def encoded_image_problem(
                 tf.strings.join(
                     [
                         tf.strings.as_string(pixels),
-                        f" pixels, above data.max_image_pixels={max_pixels}",
+                        f" pixels, above {limit_name}={max_pixels}",
                     ]
                 ),
                 "",

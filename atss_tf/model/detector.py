@@ -167,6 +167,15 @@ class ATSSDetector(keras.Model):
             self.loss_config = loss_config
         super().compile(optimizer=optimizer, **kwargs)
 
+    def export_serving(self, export_dir, **kwargs):
+        """Write a TF Serving SavedModel to ``export_dir/<version>/``: decoding,
+        test-time resize, the network and NMS inside (keyword arguments and
+        return value: :func:`atss_tf.export.export_saved_model`). ``export``
+        (Keras') writes the raw head outputs only."""
+        from atss_tf.export import export_saved_model
+
+        return export_saved_model(self, export_dir, **kwargs)
+
     def get_compile_config(self) -> None:
         # The compile config would put the optimizer and its learning-rate
         # schedule into every .keras file; a model file carries only the model.

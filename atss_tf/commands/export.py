@@ -1,0 +1,110 @@
+"""``atss-tf export --weights W --out DIR``: a SavedModel for TF Serving in ``DIR/<version>/``.
+
+Pre-processing (decode, test-time resize, canvases), the network, decoding and
+class-aware NMS all run inside the SavedModel; see :mod:`atss_tf.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from atss_tf.commands.common import add_config_arguments, find_config
+from atss_tf.config import SERVING_INPUT_TYPES
+from atss_tf.errors import UsageError
+
+
+def canvas_list(text: str) -> list[tuple[int, int]]:
+    """``"800x1088,1088x800"`` -> ``[(800, 1088), (1088, 800)]`` (height x width)."""
+    canvases = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not HEIGHTxWIDTH (e.g. --canvases 800x1088,1088x800)"
+            )
+        canvases.append((int(parts[0]), int(parts[1])))
+    return canvases
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(
+        parser,
+        config_help="YAML config for the test-time resize and canvases (default: the model's "
+        "own); needed with a .weights.h5 checkpoint",
+    )
+    parser.add_argument("--weights", required=True, help=".keras model or .weights.h5 checkpoint")
+    parser.add_argument(
+        "--out", required=True, help="model base folder; the SavedModel goes to OUT/VERSION/"
+    )
+    parser.add_argument(
+        "--input-type",
+        choices=SERVING_INPUT_TYPES,
+        default="image_bytes",
+        help="what the signature takes as 'inputs': string [B] encoded images (default), "
+        "uint8 [B, H, W, 3] images, or string [B] serialized tf.train.Example",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="fix the batch size (default: any)"
+    )
+    parser.add_argument("--min-size", type=int, default=None, help="test-time shorter side")
+    parser.add_argument("--max-size", type=int, default=None, help="test-time longer-side cap")
+    parser.add_argument(
+        "--canvases",
+        type=canvas_list,
+        default=None,
+        metavar="HxW[,HxW...]",
+        help="test-time canvases, multiples of 32 (default: the model's own)",
+    )
+    parser.add_argument(
+        "--normalized-boxes",
+        action="store_true",
+        help="detection_boxes in [0, 1] of the image height and width (default: pixels)",
+    )
+    parser.add_argument(
+        "--version", type=int, default=1, help="the version folder's number (default 1)"
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="do not write assets.extra/tf_serving_warmup_requests",
+    )
+
+
+def run(args) -> int:
+    from atss_tf.config import DEFAULT_MAX_PIXELS, load_config
+
+    config = load_config(find_config(args.config), args.overrides) if args.config else None
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    from atss_tf.export import OUTPUT_KEYS, export_saved_model
+    from atss_tf.inference import load_detector, test_transform
+
+    model = load_detector(args.weights, config)
+    params = test_transform(model, config)
+    path = export_saved_model(
+        model,
+        args.out,
+        input_type=args.input_type,
+        batch_size=args.batch_size,
+        min_size=max(params.min_size) if args.min_size is None else args.min_size,
+        max_size=params.max_size if args.max_size is None else args.max_size,
+        canvases=params.canvases if args.canvases is None else args.canvases,
+        normalized_boxes=args.normalized_boxes,
+        max_pixels=config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS,
+        version=args.version,
+        warmup=args.warmup,
+    )
+    batch = "B" if args.batch_size is None else str(args.batch_size)
+    shape = (
+        f"uint8 [{batch}, H, W, 3]" if args.input_type == "image_tensor" else f"string [{batch}]"
+    )
+    print(f"Wrote {path} (signature serving_default: inputs {shape} {args.input_type}; outputs")
+    print(f"  {', '.join(OUTPUT_KEYS)})")
+    name = path.parent.resolve().name
+    print(
+        "Serve it with: docker run -p 8501:8501 "
+        f"-v {path.parent.resolve()}:/models/{name} -e MODEL_NAME={name} tensorflow/serving"
+    )
+    return 0
