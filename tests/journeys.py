@@ -47,13 +47,21 @@ def _ceil32(x: float) -> int:
     return max(32, 32 * math.ceil(x / 32))
 
 
-def shrink_overrides(config: str | Path, data: dict[str, str], batch_size: int = 2) -> list[str]:
+# A ResNet-18 at a quarter width instead of the config's backbone.
+SMALL_BACKBONE = ["model.backbone.depth=18", "model.backbone.width_multiplier=0.25"]
+
+
+def shrink_overrides(
+    config: str | Path, data: dict[str, str], batch_size: int = 2, small_backbone: bool = False
+) -> list[str]:
     """``--set`` values that run ``config`` on ``data`` at a small scale.
 
     Every image size of the config (canvases, shorter sides, longer-side cap) is
     divided by one factor that makes its smallest canvas side 96 px; canvases
     round up to multiples of 32. The number of canvases, the multi-scale list and
-    everything else the config says stays as it is.
+    everything else the config says stays as it is; with ``small_backbone`` the
+    backbone is :data:`SMALL_BACKBONE` (for configs whose subject is not the
+    backbone: the ablations of the sample selection and the anchors).
     """
     cfg = load_config(ROOT / config)
     factor = min(min(c) for c in cfg.data.canvases) / SMALLEST_CANVAS_SIDE
@@ -72,6 +80,8 @@ def shrink_overrides(config: str | Path, data: dict[str, str], batch_size: int =
     ]
     if cfg.model.backbone.weights is not None:
         overrides.append("model.backbone.weights=null")  # no download in tests
+    if small_backbone:
+        overrides += SMALL_BACKBONE
     return overrides
 
 

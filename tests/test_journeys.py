@@ -4,7 +4,9 @@ Every config in ``configs/`` runs the README's ``train -> evaluate -> predict``
 commands on COCO-format data of mixed orientations and sizes with
 non-contiguous category ids (COCO's own 80 ids for the COCO configs), keeping
 its canvases, multi-scale sizes and assigner; only data paths, image sizes,
-batch size and step counts change (``journeys.shrink_overrides``). The README's
+batch size and step counts change (``journeys.shrink_overrides``), and the
+ablations, whose subject is the sample selection or the anchors, run on a
+small backbone. The README's
 commands are read from the README itself, so it cannot drift from what works.
 """
 
@@ -65,11 +67,16 @@ def _data_for(config: str, coco80, sparse3) -> dict[str, str]:
 
 
 def _with_overrides(argv: list[str], data: dict[str, str]) -> list[str]:
-    """Append the journey overrides to a README command that reads a config."""
+    """Append the journey overrides to a README command that reads a config.
+    The ablations (which change the sample selection or the anchors) run on a
+    small backbone; the R-50 and R-101 configs on their own."""
     if "--config" not in argv:
         return argv
     config = argv[argv.index("--config") + 1]
-    return argv + [w for o in shrink_overrides(config, data) for w in ("--set", o)]
+    small = "ablations/" in config
+    return argv + [
+        w for o in shrink_overrides(config, data, small_backbone=small) for w in ("--set", o)
+    ]
 
 
 def _atss_tf(argv: list[str], cwd: Path) -> str:
