@@ -44,6 +44,8 @@ BAD_IMAGE_POLICIES = ("skip", "error")
 DEFAULT_MAX_PIXELS = 89_478_485
 # What a served SavedModel takes as its "inputs" (atss_tf.export).
 SERVING_INPUT_TYPES = ("image_bytes", "image_tensor", "tf_example")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # train.precision
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # train.strategy
 
 
 @dataclass
@@ -216,8 +218,11 @@ class TrainConfig:
     # Keras epoch length; a checkpoint (model + optimizer) is written at every epoch end.
     steps_per_epoch: int = 1000
     eval_every_epochs: int = 0  # 0: only at the end
-    strategy: str = "default"  # default | mirrored
-    mixed_precision: bool = False
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu (training/strategy.py)
+    # float32 | mixed_float16 (GPUs; with loss scaling) | mixed_bfloat16 (TPUs,
+    # CPUs with AVX-512 BF16): the network computes in 16 bits, its variables,
+    # the input normalisation, losses, targets and post-processing stay float32.
+    precision: str = "float32"
     jit_compile: bool = False
     seed: int = 0
 
@@ -496,12 +501,8 @@ def validate(cfg: Config) -> None:
     )
     check(_finite(t.lr_gamma) and t.lr_gamma > 0, "train.lr_gamma", t.lr_gamma, "> 0")
     check(t.eval_every_epochs >= 0, "train.eval_every_epochs", t.eval_every_epochs, ">= 0")
-    check(
-        t.strategy in ("default", "mirrored"),
-        "train.strategy",
-        t.strategy,
-        "'default' or 'mirrored'",
-    )
+    check(t.precision in PRECISIONS, "train.precision", t.precision, " | ".join(PRECISIONS))
+    check(t.strategy in STRATEGIES, "train.strategy", t.strategy, " | ".join(STRATEGIES))
     if problems:
         n = len(problems)
         raise ConfigError(
@@ -585,21 +586,28 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-# Keys that moved: old dotted key -> new dotted key. Files written with the old
-# key still load (the value moves, with a warning naming both keys).
-MOVED_KEYS = {"loss.inclusive_geometry": "model.inclusive_geometry"}
+# Keys that moved: old dotted key -> (new dotted key, how an old value maps to a
+# new one). Files written with the old key still load (the value moves, with a
+# warning naming both keys).
+MOVED_KEYS = {
+    "loss.inclusive_geometry": ("model.inclusive_geometry", lambda v: v),
+    "train.mixed_precision": (
+        "train.precision",
+        lambda v: "mixed_float16" if v is True else "float32" if v is False else v,
+    ),
+}
 
 
 def _move_keys(data: dict) -> dict:
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for old, new in MOVED_KEYS.items():
+    for old, (new, convert) in MOVED_KEYS.items():
         (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
         section = data.get(old_section)
         if isinstance(section, dict) and old_key in section:
             value = section.pop(old_key)
             target = data.setdefault(new_section, {})
             if isinstance(target, dict) and new_key not in target:
-                target[new_key] = value
+                target[new_key] = convert(value)
             logging.getLogger("atss_tf").warning(
                 "config key %r is now %r; please rename it", old, new
             )

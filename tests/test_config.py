@@ -104,3 +104,20 @@ def test_base_cycle_is_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_renamed_keys_of_older_files_still_load(tmp_path, caplog):
+    """v0.1/v0.2 files said loss.inclusive_geometry and train.mixed_precision."""
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "loss: {inclusive_geometry: true}\ntrain: {mixed_precision: true}\n", encoding="utf-8"
+    )
+    with caplog.at_level("WARNING", logger="atss_tf"):
+        cfg = load_config(path)
+    assert cfg.model.inclusive_geometry is True
+    assert cfg.train.precision == "mixed_float16"
+    assert "'train.mixed_precision' is now 'train.precision'" in caplog.text
+    path.write_text("train: {mixed_precision: false}\n", encoding="utf-8")
+    assert load_config(path).train.precision == "float32"
+    with pytest.raises(ConfigError, match="train.precision='bf16'.*mixed_bfloat16"):
+        load_config(None, ["train.precision=bf16"])

@@ -199,3 +199,26 @@ def test_the_training_data_names_the_model_classes_and_a_conflict_is_refused():
     assert with_dataset_categories(named, categories).model.class_names == ("a", "b", "c")
     with pytest.raises(ConfigError, match=r"model.category_ids=\[1, 2, 3\] differ .* \[2, 5, 9\]"):
         with_dataset_categories(tiny_config(["model.category_ids=[1, 2, 3]"]), categories)
+
+
+def test_a_short_bfloat16_run_trains_with_float32_where_precision_matters(data_root):
+    """train.precision=mixed_bfloat16: convolutions in bfloat16; the statistics,
+    the losses and the outputs float32; no loss scaling (bfloat16 has float32's
+    exponent range)."""
+    cfg = with_synthetic_data(tiny_config(["train.precision=mixed_bfloat16"]), data_root)
+    model = build_training_model(cfg)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is untouched
+    assert model.backbone.stem_conv1.compute_dtype == "bfloat16"
+    assert model.backbone.stem_conv1.kernel.dtype == "float32"
+    assert model.normalizer.compute_dtype == "float32"
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    ds = build_dataset(
+        cfg, "train", encoder_factory=lambda s: TargetEncoder.from_config(cfg, s), seed=0
+    )
+    x, y = next(iter(ds))
+    assert all(v.dtype == "float32" for v in model(x["images"]).values())
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(ds.repeat(), steps_per_epoch=4, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert all(changed)

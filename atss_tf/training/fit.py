@@ -35,19 +35,9 @@ from atss_tf.training.callbacks import (
 )
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
+from atss_tf.training.strategy import make_strategy
 
 logger = logging.getLogger("atss_tf")
-
-
-def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
-    """``"default"`` (one device) or ``"mirrored"`` (all GPUs, else the CPU devices)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if devices is None and not tf.config.list_logical_devices("GPU"):
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    raise ValueError(f"unknown train.strategy {name!r}: expected 'default' or 'mirrored'")
 
 
 def make_optimizer(cfg: Config) -> CoupledSGD:
@@ -72,7 +62,7 @@ def compile_detector(model: keras.Model, cfg: Config) -> keras.Model:
     """Compile with the official optimizer (mixed precision wraps it in loss
     scaling), ``cfg.assigner``'s sample selection and ``cfg.loss``."""
     optimizer = make_optimizer(cfg)
-    if cfg.train.mixed_precision:
+    if cfg.train.precision == "mixed_float16":  # bfloat16 has float32's range: no scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
@@ -120,12 +110,14 @@ def with_dataset_categories(cfg: Config, category_map: CategoryMap) -> Config:
 
 def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = None):
     """Build and compile the detector (and its optimizer variables) in
-    ``strategy``'s scope; with ``train.mixed_precision`` its layers compute in
-    float16 (the global dtype policy is left as it was)."""
+    ``strategy``'s scope; with ``train.precision`` ``mixed_float16`` or
+    ``mixed_bfloat16`` its layers compute in 16 bits (the global dtype policy
+    is left as it was)."""
     from atss_tf.model import build_detector
 
     strategy = strategy or tf.distribute.get_strategy()
-    policy = "mixed_float16" if cfg.train.mixed_precision else keras.config.dtype_policy().name
+    precision = cfg.train.precision
+    policy = precision if precision != "float32" else keras.config.dtype_policy().name
     with strategy.scope(), dtype_policy(policy):
         model = build_detector(cfg)
         compile_detector(model, cfg)
@@ -203,6 +195,8 @@ def train(
     from atss_tf.targets import TargetEncoder
     from atss_tf.visualization import make_picture_fn
 
+    # Multi-worker and TPU strategies configure the runtime: before any other op.
+    strategy = strategy or make_strategy(cfg.train.strategy)
     out = Path(out_dir)
     ckpt = ResumableCheckpoint(out / "checkpoints")
     latest = ckpt.latest()
@@ -226,7 +220,6 @@ def train(
     )
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    strategy = strategy or make_strategy(cfg.train.strategy)
     model = build_training_model(with_dataset_categories(cfg, category_map), strategy)
     info = ckpt.restore(model)
     if info:

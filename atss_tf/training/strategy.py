@@ -1,0 +1,124 @@
+"""``train.strategy``: where a run's replicas live.
+
+* ``default``: one device.
+* ``mirrored``: every GPU of this machine (else its CPU devices), one process.
+* ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the machines named in
+  the ``TF_CONFIG`` environment variable, the way Vertex AI, Kubernetes
+  (TFJob) and other cluster managers start TensorFlow workers. Every worker
+  runs the same command; worker 0 (or the ``chief``) writes the checkpoints.
+* ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver`` (Colab's
+  TPU runtime and Cloud TPU VMs need no argument; ``TPU_NAME`` names a remote
+  TPU or pod slice).
+
+Anything missing or malformed (no ``TF_CONFIG``, a ``TF_CONFIG`` without this
+task, no TPU) is a :class:`~atss_tf.errors.ConfigError` naming what to set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from atss_tf.config import STRATEGIES
+from atss_tf.errors import ConfigError, first_line
+
+TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+
+
+def read_tf_config(text: str | None = None) -> dict[str, Any]:
+    """The cluster description of ``TF_CONFIG`` (default: the environment's), checked.
+
+    Returns:
+        ``{"cluster": {"worker": [...], ...}, "task": {"type": ..., "index": ...}}``.
+
+    Raises:
+        ConfigError: absent, not JSON, or without a ``cluster.worker`` list and
+            a ``task`` that names one of the cluster's machines.
+    """
+    text = os.environ.get("TF_CONFIG") if text is None else text
+    need = f"train.strategy=multi_worker needs TF_CONFIG, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'"
+    if not text:
+        raise ConfigError(f"{need}; the environment variable TF_CONFIG is not set")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e}); {need}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(cluster.get("worker", []), list):
+        raise ConfigError(f"TF_CONFIG has no 'cluster' with a 'worker' list: {text}; {need}")
+    if not any(isinstance(cluster.get(k), list) and cluster[k] for k in ("worker", "chief")):
+        raise ConfigError(f"TF_CONFIG's cluster lists no worker: {text}; {need}")
+    task = config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ConfigError(f"TF_CONFIG has no 'task' with 'type' and 'index': {text}; {need}")
+    members = cluster.get(task["type"])
+    index = task["index"]
+    if not isinstance(members, list) or not isinstance(index, int) or not 0 <= index < len(members):
+        raise ConfigError(
+            f"TF_CONFIG's task {task} names no machine of its cluster {cluster}: "
+            f"task.type must be one of {sorted(cluster)} and task.index below its count"
+        )
+    return config
+
+
+def _check_reachable(master: str, timeout_s: float = 10.0) -> None:
+    """Connect to a remote TPU's ``grpc://host:port`` first: TensorFlow's own
+    connection waits forever for an address where nothing answers."""
+    if not master.startswith("grpc://"):
+        return  # a TPU attached to this VM ("" or "local")
+    host, _, port = master[len("grpc://") :].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot reach {master}: {e}") from None
+
+
+def _tpu_strategy() -> tf.distribute.Strategy:
+    tpu = os.environ.get("TPU_NAME", "")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        _check_reachable(resolver.master())
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as e:
+        where = f"TPU_NAME={tpu!r}" if tpu else "this machine (TPU_NAME is not set)"
+        raise ConfigError(
+            f"train.strategy=tpu: no TPU found on {where} ({first_line(e)}). On Colab choose "
+            "Runtime > Change runtime type > TPU; on a Cloud TPU VM run on the VM; for a "
+            "remote TPU set TPU_NAME; or use train.strategy=default or mirrored"
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
+    """The strategy ``train.strategy`` names (see the module docstring).
+
+    Create it before any other TensorFlow op of the process: multi-worker and
+    TPU strategies configure the runtime.
+
+    Args:
+        name: one of :data:`STRATEGIES`.
+        devices: ``mirrored`` only: the devices (default: all GPUs, else the CPUs).
+
+    Raises:
+        ConfigError: an unknown name, a missing or malformed ``TF_CONFIG``, no TPU.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if devices is None and not tf.config.list_logical_devices("GPU"):
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        read_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        )
+    if name == "tpu":
+        return _tpu_strategy()
+    raise ConfigError(f"unknown train.strategy {name!r}: expected one of {', '.join(STRATEGIES)}")

@@ -1,0 +1,75 @@
+"""train.strategy beyond one machine: TF_CONFIG checks, the TPU path up to the TPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from atss_tf import cli
+from atss_tf.errors import ConfigError
+from atss_tf.training.strategy import make_strategy, read_tf_config
+from tests.helpers import one_step_config_file
+
+TWO_WORKERS = {"worker": ["localhost:20001", "localhost:20002"]}
+
+
+def test_a_valid_tf_config_is_read():
+    text = json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 1}})
+    assert read_tf_config(text)["task"]["index"] == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the environment variable TF_CONFIG is not set"),
+        ("{cluster: 1}", "TF_CONFIG is not valid JSON"),
+        (json.dumps({"task": {"type": "worker", "index": 0}}), "no 'cluster' with a 'worker'"),
+        (json.dumps({"cluster": {"worker": []}}), "lists no worker"),
+        (json.dumps({"cluster": TWO_WORKERS}), "no 'task' with 'type' and 'index'"),
+        (
+            json.dumps({"cluster": TWO_WORKERS, "task": {"type": "worker", "index": 2}}),
+            "names no machine of its cluster",
+        ),
+        (
+            json.dumps({"cluster": TWO_WORKERS, "task": {"type": "ps", "index": 0}}),
+            "task.type must be one of ['worker']",
+        ),
+    ],
+)
+def test_a_malformed_tf_config_is_one_clear_error(text, message):
+    with pytest.raises(ConfigError) as info:
+        read_tf_config(text)
+    assert message in str(info.value) and "TF_CONFIG" in str(info.value)
+
+
+def test_the_tpu_path_runs_until_a_tpu_is_required(monkeypatch):
+    """The resolver, the cluster connection and the TPU system initialisation
+    are what the TPU path runs; without a TPU the first of them stops it."""
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(ConfigError, match=r"train.strategy=tpu: no TPU found on this machine"):
+        make_strategy("tpu")
+    monkeypatch.setenv("TPU_NAME", "grpc://127.0.0.1:1")  # nothing listens there
+    with pytest.raises(ConfigError, match=r"no TPU found on TPU_NAME='grpc://127.0.0.1:1'"):
+        make_strategy("tpu")
+
+
+@pytest.mark.parametrize(
+    "strategy, message",
+    [
+        ("tpu", "train.strategy=tpu: no TPU found"),
+        ("multi_worker", "train.strategy=multi_worker needs TF_CONFIG"),
+        ("horovod", "train.strategy='horovod'"),
+    ],
+)
+def test_train_refuses_a_strategy_it_cannot_start_before_any_work(
+    strategy, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    config = one_step_config_file(tmp_path)
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--out", str(out)]
+    assert cli.main([*argv, "--set", f"train.strategy={strategy}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
