@@ -59,10 +59,8 @@ from atss_tf.config import (
 from atss_tf.data.tfrecords import encoded_image_problem, parse_example
 from atss_tf.data.transforms import (
     TransformConfig,
-    choose_canvas,
     decode_image,
     image_format_flags,
-    official_resize_size,
     pad_to_canvas,
     transform,
 )
@@ -342,21 +340,15 @@ def write_labels(model: keras.Model, path: str | os.PathLike) -> Path:
     return path
 
 
-def _canvas_of(height: int, width: int, params: TransformConfig) -> int:
-    size = official_resize_size(height, width, max(params.min_size), params.max_size)
-    index, _ = choose_canvas(size[0], size[1], params.canvases)
-    return int(index)
-
-
 def warmup_inputs(input_type: str, params: TransformConfig, batch_size: int | None) -> list:
-    """One request input per canvas (a mid-gray image that lands on it), as
-    numpy arrays of the signature's type; canvases no image size reaches are
-    left out."""
+    """One request input per canvas: a mid-gray image of the canvas's size, as
+    numpy arrays of the signature's type, for each canvas such an image lands on
+    after the test resize (the others are left out)."""
     requests = []
     for c, (height, width) in enumerate(params.canvases):
-        if _canvas_of(height, width, params) != c:
-            continue
         image = np.full((height, width, 3), 128, np.uint8)
+        if int(transform(image, tf.zeros([0, 4]), params)["canvas_index"]) != c:
+            continue
         n = batch_size or 1
         if input_type == "image_tensor":
             requests.append(np.repeat(image[None], n, axis=0))
