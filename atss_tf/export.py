@@ -56,6 +56,7 @@ from atss_tf.config import (
     ConfigError,
     validate_detector_config,
 )
+from atss_tf.data.tfrecords import _bytes as bytes_feature
 from atss_tf.data.tfrecords import encoded_image_problem, parse_example
 from atss_tf.data.transforms import (
     TransformConfig,
@@ -354,10 +355,8 @@ def warmup_inputs(input_type: str, params: TransformConfig, batch_size: int | No
             requests.append(np.repeat(image[None], n, axis=0))
             continue
         encoded = tf.io.encode_png(image).numpy()
-        if input_type == "tf_example":
-            feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
-            }
+        if input_type == "tf_example":  # built as make-tfrecords builds its features
+            feature = {"image/encoded": bytes_feature([encoded])}
             encoded = tf.train.Example(
                 features=tf.train.Features(feature=feature)
             ).SerializeToString()
