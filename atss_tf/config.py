@@ -28,11 +28,11 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from atss_tf import files
 from atss_tf.errors import ConfigError
 
 ANCHOR_ALIGNMENTS = ("center", "official", "mmdet")
@@ -692,17 +692,20 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Read a config file; a top-level ``base: other.yaml`` (relative to the
-    file) is loaded first and this file's keys are merged over it."""
-    path = Path(path)
-    if path.resolve() in seen:
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """Read a config file (local or remote, see :mod:`atss_tf.files`); a
+    top-level ``base: other.yaml`` (relative to the file) is loaded first and
+    this file's keys are merged over it."""
+    key = path if files.is_remote(path) else os.path.realpath(path)
+    if key in seen:
         raise ConfigError(f"config file {path} includes itself through 'base'")
     try:
-        with open(path, encoding="utf-8") as f:
+        with files.open_file(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML in config file {path}: {e}") from None
     if not isinstance(data, dict):
@@ -712,7 +715,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"config file {path}: 'base' must be a file path, got {base!r}")
-    parent = _read_yaml(path.parent / base, seen + (path.resolve(),))
+    parent = _read_yaml(files.join(os.path.dirname(path), base), seen + (key,))
     return _deep_merge(parent, data)
 
 
@@ -727,7 +730,7 @@ def load_config(
         ConfigError: malformed YAML, unknown keys or invalid values; the message
             names the file and the key.
     """
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(os.fspath(path)) if path is not None else {}
     try:
         data = apply_overrides(data, overrides)
         cfg = from_dict(data)
@@ -754,5 +757,6 @@ def config_differences(a: Config, b: Config) -> list[tuple[str, Any, Any]]:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write ``cfg`` as YAML (local or remote path)."""
+    with files.open_file(path, "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ import tensorflow as tf
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from atss_tf import files
 from atss_tf.boxes import xyxy_to_xywh
 from atss_tf.config import Config
 
@@ -46,8 +46,10 @@ class CocoEvaluator:
         if isinstance(annotations, COCO):
             self.coco = annotations
         else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.coco = COCO(str(annotations))
+            self.coco = COCO()
+            self.coco.dataset = json.loads(files.read_text(annotations))
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.coco.createIndex()
         self.category_ids = np.asarray(category_ids, dtype=np.int64)
         self.detections: list[dict] = []
         self.image_ids: set[int] = set()
@@ -91,7 +93,7 @@ class CocoEvaluator:
 
     def write(self, path: str | os.PathLike) -> None:
         """Write the detections as a COCO results json."""
-        with open(path, "w", encoding="utf-8") as f:
+        with files.open_file(path, "w") as f:
             json.dump(self.detections, f)
 
     def evaluate(self, verbose: bool = False) -> dict[str, float]:
@@ -149,7 +151,7 @@ def evaluate_model(
     return evaluator.evaluate()
 
 
-def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
+def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | None = None):
     """A closure that evaluates ``model`` on the validation set of ``cfg``'s
     data settings (its data report is logged now, once)."""
     from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
@@ -167,7 +169,7 @@ def make_evaluate_fn(model: keras.Model, cfg: Config, out: Path | None = None):
     def evaluate_fn() -> dict[str, float]:
         metrics = evaluate_model(model, val_ds, evaluator, num_images)
         if out is not None:
-            evaluator.write(out / "detections.json")
+            evaluator.write(files.join(out, "detections.json"))
         return metrics
 
     return evaluate_fn

@@ -44,12 +44,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from atss_tf import files
 from atss_tf.config import (
     DEFAULT_MAX_PIXELS,
     SERVING_INPUT_TYPES,
@@ -325,7 +325,7 @@ def input_spec(input_type: str, batch_size: int | None = None) -> tf.TensorSpec:
     return tf.TensorSpec([batch_size], tf.string, name=INPUT_KEY)
 
 
-def write_labels(model: keras.Model, path: str | os.PathLike) -> Path:
+def write_labels(model: keras.Model, path: str | os.PathLike) -> str:
     """``category_id<TAB>name`` per class, in label order.
 
     Raises:
@@ -336,9 +336,8 @@ def write_labels(model: keras.Model, path: str | os.PathLike) -> Path:
         if any(ch in name for ch in "\t\r\n"):
             raise UsageError(f"class name {name!r} (category {cid}) holds a tab or line break")
         lines.append(f"{cid}\t{name}\n")
-    path = Path(path)
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    files.write_text(path, "".join(lines))
+    return os.fspath(path)
 
 
 def warmup_inputs(input_type: str, params: TransformConfig, batch_size: int | None) -> list:
@@ -409,12 +408,13 @@ def export_saved_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     version: int = 1,
     warmup: bool = True,
-) -> Path:
+) -> str:
     """Write ``export_dir/<version>/``, a SavedModel TF Serving serves as it is.
 
     Args:
         model: an :class:`~atss_tf.model.ATSSDetector`.
-        export_dir: the model's base folder (TF Serving's ``--model_base_path``).
+        export_dir: the model's base folder (TF Serving's ``--model_base_path``),
+            local or remote (``gs://bucket/models/atss``).
         input_type: ``image_bytes``, ``image_tensor`` or ``tf_example``.
         batch_size: fix the signature's batch size (default: any).
         min_size, max_size, canvases: override the model's test-time shorter
@@ -425,27 +425,30 @@ def export_saved_model(
         warmup: write ``assets.extra/tf_serving_warmup_requests``.
 
     Returns:
-        The version folder. It is written under a temporary name and renamed
-        when complete, so a server watching ``export_dir`` never loads half a
-        model.
+        The version folder. Locally it is written under a temporary name and
+        renamed when complete, so a server watching ``export_dir`` never loads
+        half a model; on a remote filesystem (where renaming a folder is a copy)
+        it is written locally and copied file by file, ``saved_model.pb`` last.
 
     Raises:
         UsageError: an invalid option, or the version folder exists.
     """
     if version < 1:
         raise UsageError(f"version must be >= 1, got {version}")
-    base = Path(export_dir)
-    target = base / str(version)
-    if target.exists():
+    base = os.fspath(export_dir)
+    target = files.join(base, str(version))
+    if files.exists(target):
         raise UsageError(
             f"{target} exists: export as another --version (TF Serving serves the highest) "
             "or into another --out"
         )
     params = serving_transform(model, min_size, max_size, canvases)
-    base.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=base))
+    remote = files.is_remote(base)
+    files.makedirs(base)
+    # Locally the scratch folder is beside the target, so the final rename is atomic.
+    scratch = tempfile.mkdtemp(prefix=f".{version}-", dir=None if remote else base)
     try:
-        labels = write_labels(model, Path(tempfile.mkdtemp(dir=scratch)) / LABELS_FILE)
+        labels = write_labels(model, os.path.join(tempfile.mkdtemp(dir=scratch), LABELS_FILE))
         module = DetectionServing(
             model, input_type, params, labels, batch_size, normalized_boxes, max_pixels
         )
@@ -454,15 +457,18 @@ def export_saved_model(
         # save each one twice); the label table and its asset file explicitly.
         archive.track(module.names)
         archive.add_endpoint(SIGNATURE, module.serve, input_signature=[module.input_spec])
-        saved = scratch / "saved_model"
+        saved = os.path.join(scratch, "saved_model")
         archive.write_out(saved, verbose=False)
         if warmup:
-            extra = saved / "assets.extra"
-            extra.mkdir()
-            with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+            extra = os.path.join(saved, "assets.extra")
+            os.mkdir(extra)
+            with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
                 for inputs in warmup_inputs(input_type, params, batch_size):
                     writer.write(prediction_log(inputs))
-        saved.rename(target)
+        if remote:
+            files.copy_tree(saved, target, last="saved_model.pb")
+        else:
+            os.rename(saved, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from atss_tf import files
 from atss_tf.config import DEFAULT_MAX_PIXELS, Config, TrainConfig
 from atss_tf.data.image_files import check_pixel_limit, read_image_header
 from atss_tf.data.transforms import TransformConfig, decode_image, transform
@@ -37,10 +37,10 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
     from atss_tf.model import ATSSDetector
 
     atss_tf.load_api()  # registers every Keras class (the console script defers it)
-    path = Path(weights)
-    if not path.exists():
+    path = os.fspath(weights)
+    if not files.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".keras":
+    if path.endswith(".keras"):
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as e:  # Keras raises many types for a foreign or damaged file
@@ -51,7 +51,7 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
                 "(atss-tf train and atss-tf convert write those)"
             )
         return model
-    if path.name.endswith(".weights.h5"):
+    if path.endswith(".weights.h5"):
         if config is None:
             raise UsageError(f"{path} holds weights only: pass --config with the model's config")
         # Training checkpoints hold optimizer variables too: load into a compiled twin.

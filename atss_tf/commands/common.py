@@ -7,6 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from atss_tf import files
 from atss_tf.config import Config, ConfigError, load_config
 
 # The configs/ folder ships inside the package as atss_tf.configs (setup.py's
@@ -23,11 +24,13 @@ def shipped_configs_dir() -> Path:
     return _SOURCE_CONFIGS
 
 
-def find_config(name: str | os.PathLike) -> Path:
-    """A config file: ``name`` itself when it exists, else the shipped config
-    it names (``configs/demo_shapes.yaml``, ``demo_shapes.yaml`` or
-    ``demo_shapes``), so the README's commands work from any folder and from
-    a wheel install."""
+def find_config(name: str | os.PathLike) -> str | Path:
+    """A config file: ``name`` itself when it exists or is remote
+    (``gs://...``), else the shipped config it names
+    (``configs/demo_shapes.yaml``, ``demo_shapes.yaml`` or ``demo_shapes``),
+    so the README's commands work from any folder and from a wheel install."""
+    if files.is_remote(name):
+        return os.fspath(name)
     path = Path(name)
     if path.exists():
         return path

@@ -7,8 +7,8 @@ The data settings (validation annotations/images, test size, canvases) come from
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from atss_tf import files
 from atss_tf.commands.common import add_config_arguments, config_from_args
 from atss_tf.errors import ConfigError
 
@@ -35,11 +35,11 @@ def run(args) -> int:
     from atss_tf.inference import load_detector
 
     model = load_detector(args.weights, cfg)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    files.makedirs(out)
     metrics = make_evaluate_fn(model, cfg, out)()
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    files.write_text(files.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     for name, value in metrics.items():
         print(f"{name:>6}: {value:.4f}")
-    print(f"Wrote {out / 'metrics.json'} and {out / 'detections.json'}")
+    print(f"Wrote {files.join(out, 'metrics.json')} and {files.join(out, 'detections.json')}")
     return 0

@@ -7,7 +7,9 @@ class-aware NMS all run inside the SavedModel; see :mod:`atss_tf.export`.
 from __future__ import annotations
 
 import argparse
+import os
 
+from atss_tf import files
 from atss_tf.commands.common import add_config_arguments, find_config
 from atss_tf.config import SERVING_INPUT_TYPES
 from atss_tf.errors import UsageError
@@ -102,9 +104,18 @@ def run(args) -> int:
     )
     print(f"Wrote {path} (signature serving_default: inputs {shape} {args.input_type}; outputs")
     print(f"  {', '.join(OUTPUT_KEYS)})")
-    name = path.parent.resolve().name
-    print(
-        "Serve it with: docker run -p 8501:8501 "
-        f"-v {path.parent.resolve()}:/models/{name} -e MODEL_NAME={name} tensorflow/serving"
-    )
+    base = os.path.dirname(path)
+    if files.is_remote(base):
+        name = os.path.basename(base)
+        print(
+            "Serve it with: tensorflow_model_server --rest_api_port=8501 "
+            f"--model_name={name} --model_base_path={base}"
+        )
+    else:
+        base = os.path.abspath(base)
+        name = os.path.basename(base)
+        print(
+            "Serve it with: docker run -p 8501:8501 "
+            f"-v {base}:/models/{name} -e MODEL_NAME={name} tensorflow/serving"
+        )
     return 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from atss_tf import files
 from atss_tf.boxes import xywh_to_xyxy
 from atss_tf.data.cleaning import BOX_COUNTS, CROWD_MODES, admit_image, clean_boxes
 from atss_tf.data.image_files import (
@@ -214,7 +215,7 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with files.open_file(path) as f:
             data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"annotations file not found: {path}") from None
@@ -224,6 +225,8 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read annotations file {path}: {e.strerror or e}") from None
     if not isinstance(data, dict):
         raise DataError(
             f"{path}: the top level must be a JSON object with 'images' and 'categories'"

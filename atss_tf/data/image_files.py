@@ -23,6 +23,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 
+from atss_tf import files
 from atss_tf.config import BAD_IMAGE_POLICIES, DEFAULT_MAX_PIXELS, IMAGE_CHECKS
 from atss_tf.errors import DataError
 
@@ -140,9 +141,10 @@ def read_image_header(data: bytes | str | os.PathLike, name: str | None = None) 
     else:
         name = name or os.fspath(data)
         try:
-            with open(data, "rb") as f:
+            with files.open_file(data, "rb") as f:
                 head = f.read(_HEAD_BYTES)
-                size = f.seek(0, os.SEEK_END)
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
                 f.seek(max(size - _TAIL_BYTES, 0))
                 tail = f.read()
         except FileNotFoundError:
@@ -155,7 +157,11 @@ def read_image_header(data: bytes | str | os.PathLike, name: str | None = None) 
     wh = _quick_size(fmt, head)
     if wh is None or min(wh) <= 0:
         try:
-            wh = _pil_size(io.BytesIO(data) if isinstance(data, bytes) else data)
+            if isinstance(data, bytes):
+                wh = _pil_size(io.BytesIO(data))
+            else:
+                with files.open_file(data, "rb") as f:
+                    wh = _pil_size(f)
         except Exception as e:  # PIL raises many types for a damaged header
             raise DataError(f"corrupt image file {name}: unreadable {fmt} header ({e})") from None
     if not _is_complete(fmt, tail, size, head):
@@ -197,7 +203,7 @@ def check_image_file(
         from PIL import Image
 
         try:
-            with Image.open(path) as img:
+            with files.open_file(path, "rb") as f, Image.open(f) as img:
                 img.load()
         except Exception as e:
             raise DataError(f"corrupt image file {path}: {e}") from None

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from atss_tf import files
 from atss_tf.data.cleaning import BOX_COUNTS, admit_image, clean_boxes
 from atss_tf.data.coco import CategoryMap, DataError, DataReport
 from atss_tf.data.image_files import END_MARKERS, sniff_image_format
@@ -101,7 +102,7 @@ def make_example(
     float32.
     """
     if encoded is None:
-        with open(record["path"], "rb") as f:
+        with files.open_file(record["path"], "rb") as f:
             encoded = f.read()
     fmt = sniff_image_format(encoded[:8])
     if fmt is None:
@@ -153,7 +154,7 @@ def write_tfrecords(
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     parent = os.path.dirname(prefix)
     if parent:
-        os.makedirs(parent, exist_ok=True)
+        files.makedirs(parent)
     paths = shard_paths(prefix, num_shards)
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     bar = None
@@ -169,7 +170,7 @@ def write_tfrecords(
     finally:
         for w in writers:
             w.close()
-    with open(categories_path(prefix), "w", encoding="utf-8") as f:
+    with files.open_file(categories_path(prefix), "w") as f:
         json.dump({"categories": category_map.to_coco()}, f, indent=1)
     return paths
 

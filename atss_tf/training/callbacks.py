@@ -6,37 +6,39 @@ import json
 import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from atss_tf import files
 from atss_tf.errors import CheckpointError, first_line
 
 
-def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path``: a process killed or a disk
-    filled mid-write leaves ``path`` as it was and no temporary file.
+def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path`` (local or remote, see
+    :mod:`atss_tf.files`): a process killed or a disk filled mid-write leaves
+    ``path`` as it was and no temporary file.
 
     Raises:
         CheckpointError: naming ``path`` and the system's reason.
     """
-    path = Path(path)
-    tmp = path.with_name("tmp-" + path.name)
+    path = os.fspath(path)
+    tmp = files.join(os.path.dirname(path), "tmp-" + os.path.basename(path))
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with files.remote_errors(tmp):
+            write(tmp)
+        files.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # h5py reports a full disk as either
-        tmp.unlink(missing_ok=True)
+        files.remove(tmp)
         reason = getattr(e, "strerror", None) or first_line(e)
         raise CheckpointError(f"cannot write {path}: {reason}") from None
 
 
-def save_model_file(model: keras.Model, path: Path) -> None:
-    """``model.save(path)`` (``.keras``) through :func:`write_atomically`."""
-    write_atomically(Path(path), model.save)
+def save_model_file(model: keras.Model, path: str | os.PathLike) -> None:
+    """``model.save(path)`` (``.keras``, local or remote) through :func:`write_atomically`."""
+    write_atomically(path, model.save)
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
@@ -54,22 +56,23 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     still restore.
 
     Args:
-        directory: where ``ckpt-<step>.keras`` and ``latest.json`` live.
+        directory: where ``ckpt-<step>.keras`` and ``latest.json`` live (local
+            or remote, e.g. ``gs://bucket/run/checkpoints``).
         keep: number of checkpoints kept.
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
         super().__init__()
-        self.directory = Path(directory)
+        self.directory = os.fspath(directory)
         self.keep = int(keep)
 
     def latest(self) -> dict | None:
         """``{"step": int, "epoch": int, "path": str}`` of the newest checkpoint, or None."""
-        index = self.directory / "latest.json"
-        if not index.exists():
+        index = files.join(self.directory, "latest.json")
+        if not files.exists(index):
             return None
-        info = json.loads(index.read_text())
-        if not (self.directory / info["path"]).exists():
+        info = json.loads(files.read_text(index))
+        if not files.exists(files.join(self.directory, info["path"])):
             raise FileNotFoundError(
                 f"checkpoint index {index} names {info['path']}, which is missing"
             )
@@ -88,17 +91,19 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             return None
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(self.directory / info["path"])
+        model.load_weights(files.join(self.directory, info["path"]))
         return info
 
     def on_epoch_end(self, epoch, logs=None):
-        self.directory.mkdir(parents=True, exist_ok=True)
+        files.makedirs(self.directory)
         step = int(self.model.optimizer.iterations.numpy())
         name = f"ckpt-{step:08d}.keras"
         index = json.dumps({"step": step, "epoch": epoch + 1, "path": name})
         try:
-            write_atomically(self.directory / name, self.model.save)
-            write_atomically(self.directory / "latest.json", lambda p: p.write_text(index))
+            write_atomically(files.join(self.directory, name), self.model.save)
+            write_atomically(
+                files.join(self.directory, "latest.json"), lambda p: files.write_text(p, index)
+            )
         except CheckpointError as e:
             previous = self.latest_or_none()
             kept = f"the previous one ({previous['path']}) is intact" if previous else "none before"
@@ -106,10 +111,13 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"checkpoint at step {step} not saved: {e}; {kept}. Free some space and run "
                 "the same command again to resume."
             ) from None
-        ckpts = [*self.directory.glob("ckpt-*.keras"), *self.directory.glob("ckpt-*.weights.h5")]
-        old = sorted(ckpts, key=lambda p: p.name.split(".")[0])[: -self.keep]
+        ckpts = [
+            *files.glob(files.join(self.directory, "ckpt-*.keras")),
+            *files.glob(files.join(self.directory, "ckpt-*.weights.h5")),
+        ]
+        old = sorted(ckpts, key=lambda p: os.path.basename(p).split(".")[0])[: -self.keep]
         for path in old:
-            path.unlink(missing_ok=True)
+            files.remove(path)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -143,13 +151,13 @@ class TrainingLog(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | os.PathLike, every_n_steps: int = 50):
         super().__init__()
-        self.log_dir = Path(log_dir)
+        self.log_dir = os.fspath(log_dir)
         self.every_n_steps = max(int(every_n_steps), 1)
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
     def writer(self, name: str) -> tf.summary.SummaryWriter:
         if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+            self._writers[name] = tf.summary.create_file_writer(files.join(self.log_dir, name))
         return self._writers[name]
 
     def _step(self) -> int:

@@ -18,11 +18,11 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from atss_tf import files
 from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
 from atss_tf.data.coco import CategoryMap
 from atss_tf.evaluation import make_evaluate_fn
@@ -140,7 +140,7 @@ RESUMABLE_KEYS = (
 )
 
 
-def check_resume_config(cfg: Config, out: Path) -> None:
+def check_resume_config(cfg: Config, out: str) -> None:
     """Refuse to resume the run in ``out`` with a config that differs from its
     own in any key but :data:`RESUMABLE_KEYS`.
 
@@ -148,8 +148,8 @@ def check_resume_config(cfg: Config, out: Path) -> None:
         ConfigError: listing the differing keys (saved -> new); ``out/config.yaml``
             is left as it is.
     """
-    saved_path = out / "config.yaml"
-    if not saved_path.exists():
+    saved_path = files.join(out, "config.yaml")
+    if not files.exists(saved_path):
         return
     try:
         saved = load_config(saved_path)
@@ -176,7 +176,8 @@ def train(
     verbose: int | str = "auto",
     on_resume: Callable[[dict], None] | None = None,
 ) -> keras.Model:
-    """Train ``cfg`` into ``out_dir``, resuming from its last checkpoint if any.
+    """Train ``cfg`` into ``out_dir`` (local, or remote such as ``gs://bucket/run``),
+    resuming from its last checkpoint if any.
 
     Writes ``out_dir/config.yaml``, ``checkpoints/`` (model + optimizer state at
     every epoch end, epoch = ``train.steps_per_epoch`` steps), ``logs/``
@@ -197,8 +198,8 @@ def train(
 
     # Multi-worker and TPU strategies configure the runtime: before any other op.
     strategy = strategy or make_strategy(cfg.train.strategy)
-    out = Path(out_dir)
-    ckpt = ResumableCheckpoint(out / "checkpoints")
+    out = os.fspath(out_dir)
+    ckpt = ResumableCheckpoint(files.join(out, "checkpoints"))
     latest = ckpt.latest()
     if latest is not None:
         check_resume_config(cfg, out)
@@ -218,8 +219,8 @@ def train(
         category_map=category_map,
         seed=cfg.train.seed + initial_epoch,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    files.makedirs(out)
+    save_config(cfg, files.join(out, "config.yaml"))
     model = build_training_model(with_dataset_categories(cfg, category_map), strategy)
     info = ckpt.restore(model)
     if info:
@@ -230,7 +231,7 @@ def train(
             on_resume(info)
     epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
 
-    log = TrainingLog(out / "logs", every_n_steps=min(50, cfg.train.steps_per_epoch))
+    log = TrainingLog(files.join(out, "logs"), every_n_steps=min(50, cfg.train.steps_per_epoch))
     all_callbacks: list[keras.callbacks.Callback] = [ckpt, StopOnNaN()]
     evaluate_fn = picture_fn = None
     if cfg.data.val_annotations or cfg.data.val_tfrecords:
@@ -252,10 +253,10 @@ def train(
             callbacks=all_callbacks,
             verbose=fit_verbosity() if verbose == "auto" else verbose,
         )
-    save_model_file(model, out / "model.keras")
+    save_model_file(model, files.join(out, "model.keras"))
     if evaluate_fn is not None:
         metrics = evaluate_fn()
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        files.write_text(files.join(out, "metrics.json"), json.dumps(metrics, indent=2))
         step = int(model.optimizer.iterations.numpy())
         log.log_metrics(step, metrics)
         log.log_picture(step, picture_fn())
