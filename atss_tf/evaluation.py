@@ -24,6 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from atss_tf import files
 from atss_tf.boxes import xyxy_to_xywh
 from atss_tf.config import Config
+from atss_tf.data.pipeline import PADDING_IMAGE_ID
 
 logger = logging.getLogger("atss_tf")
 
@@ -62,13 +63,16 @@ class CocoEvaluator:
         """Add a batch.
 
         Args:
-            image_ids: ``[B]`` int dataset image ids.
+            image_ids: ``[B]`` int dataset image ids; ``PADDING_IMAGE_ID`` (-1)
+                marks padding, which is skipped.
             boxes: ``[B, K, 4]`` float xyxy in original image pixels.
             scores: ``[B, K]``; classes: ``[B, K]`` int 1..C; num_detections: ``[B]``.
         """
         boxes, scores = np.asarray(boxes), np.asarray(scores)
         classes, num = np.asarray(classes), np.asarray(num_detections)
         for b, image_id in enumerate(np.asarray(image_ids).reshape(-1)):
+            if image_id == PADDING_IMAGE_ID:  # the copies that fill a last batch
+                continue
             self.image_ids.add(int(image_id))
             n = int(num[b])
             if n == 0:
@@ -122,7 +126,8 @@ def evaluate_model(
     """Run ``model.predict_on_batch`` over a validation dataset and score with COCO.
 
     The dataset yields ``inputs`` dicts (``images``, ``image_info``, ``image_id``)
-    as built by :func:`atss_tf.data.pipeline.build_dataset` with ``split="val"``;
+    as built by :func:`atss_tf.data.pipeline.build_dataset` with ``split="val"``
+    (with ``pad_remainder=True``, every batch full and padding skipped);
     the model returns boxes in original image pixels (it is given
     ``image_info``). With ``num_images``, a progress bar counts the images.
     """
@@ -145,7 +150,7 @@ def evaluate_model(
             det["classes"],
             det["num_detections"],
         )
-        done += int(inputs["image_id"].shape[0])
+        done += int(np.sum(inputs["image_id"].numpy() != PADDING_IMAGE_ID))
         if bar is not None:
             bar.update(min(done, num_images))
     return evaluator.evaluate()
@@ -161,7 +166,7 @@ def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | N
 
     from_json = cfg.data.val_annotations and not cfg.data.val_tfrecords  # as build_dataset
     source = load_split(cfg, "val") if from_json else None
-    val_ds = build_dataset(cfg, "val", source=source)
+    val_ds = build_dataset(cfg, "val", source=source, pad_remainder=True)
     coco, category_ids = load_val_annotations(cfg)
     evaluator = CocoEvaluator(coco, category_ids)
     num_images = len(source) if source is not None else None

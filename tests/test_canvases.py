@@ -166,3 +166,40 @@ def test_a_step_traced_without_a_static_canvas_is_a_clear_error(data):
     )
     with pytest.raises(ValueError, match="static canvas size"):
         fn.get_concrete_function()
+
+
+def test_evaluation_pads_last_batches_to_one_static_size_and_skips_the_padding(data, tmp_path):
+    """9 validation images on 3 canvases in batches of 2: every canvas's last
+    batch is padded to 2 (one compiled step per canvas, as TPUs need), and the
+    padding adds no image and no detection: the detections equal batch 1's."""
+    import dataclasses
+    import json
+
+    from atss_tf.evaluation import make_evaluate_fn
+
+    cfg = _config(data, jit=False)
+    model = build_training_model(cfg)
+    (tmp_path / "b1").mkdir()
+    (tmp_path / "b2").mkdir()
+    padded = make_evaluate_fn(model, cfg, tmp_path / "b2")
+    metrics = padded()
+    signatures = model.predict_function.step.signatures
+    assert sorted(_canvas_of(s) for s in signatures) == sorted(CANVASES)  # no partial batch
+    image_shapes = [leaf[0] for s in signatures for leaf in s[1] if len(leaf[0]) == 4]
+    assert {shape[0] for shape in image_shapes} == {2}
+
+    single = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=1))
+    make_evaluate_fn(model, single, tmp_path / "b1")()
+    dets_b2 = json.loads((tmp_path / "b2" / "detections.json").read_text())
+    dets_b1 = json.loads((tmp_path / "b1" / "detections.json").read_text())
+    val_ids = {im["id"] for im in json.loads(open(data["val_annotations"]).read())["images"]}
+    assert {d["image_id"] for d in dets_b2} == val_ids
+    assert len(dets_b2) == len(dets_b1)
+
+    def key(d):
+        return (d["image_id"], d["category_id"], round(d["score"], 3))
+
+    for a, b in zip(sorted(dets_b2, key=key), sorted(dets_b1, key=key)):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+    assert metrics["AP"] >= 0

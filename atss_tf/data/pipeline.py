@@ -24,7 +24,12 @@ most ``len(canvases)`` shapes ever occur; with one canvas the dataset's
 ``element_spec`` itself is fully static. Images are grouped by canvas with
 ``group_by_window``. Training shuffles (the whole split when read from json,
 ``data.shuffle_buffer`` records from TFRecords), repeats and drops remainders;
-a seed makes the whole stream (order, scales, flips) reproducible.
+a seed makes the whole stream (order, scales, flips) reproducible. With
+``pad_remainder`` (COCO evaluation uses it) the last batch of each canvas is
+padded to the full batch with copies of its last image whose ``image_id`` is
+``PADDING_IMAGE_ID`` (-1), so every batch has the same static size: one
+compiled step per canvas, and no replica of a TPU or multi-GPU strategy is
+left without images; the evaluator skips them.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from atss_tf.data.transforms import TransformConfig, decode_image, pad_instances
 
 logger = logging.getLogger("atss_tf.data")
 
+PADDING_IMAGE_ID = -1
 EncoderFactory = Callable[[tuple[int, int]], Callable[..., dict[str, tf.Tensor]]]
 SPLITS = ("train", "val")
 
@@ -385,6 +391,27 @@ def batch_by_canvas(
     )
 
 
+def pad_batch(element: Any, batch_size: int) -> Any:
+    """A batch of up to ``batch_size`` images padded to exactly ``batch_size``
+    (static) with copies of its last image, their ``image_id`` set to
+    :data:`PADDING_IMAGE_ID`. Copies, not zeros: the padding runs through the
+    network and post-processing like a real image, with no degenerate
+    ``image_info``."""
+    x = element[0] if isinstance(element, tuple) else element  # x or (x, y)
+    count = tf.shape(x["image_id"])[0]
+    missing = batch_size - count
+
+    def pad(t):
+        t = tf.concat([t, tf.repeat(t[-1:], missing, axis=0)], axis=0)
+        return tf.ensure_shape(t, [batch_size, *t.shape[1:]])
+
+    padded = tf.nest.map_structure(pad, element)
+    px = padded[0] if isinstance(padded, tuple) else padded
+    is_real = tf.range(batch_size) < count
+    px["image_id"] = tf.where(is_real, px["image_id"], tf.constant(PADDING_IMAGE_ID, tf.int64))
+    return padded
+
+
 def build_dataset(
     config,
     split: str = "train",
@@ -397,6 +424,7 @@ def build_dataset(
     repeat: bool | None = None,
     with_gt: bool = False,
     scan_tfrecords: bool = False,
+    pad_remainder: bool = False,
 ) -> tf.data.Dataset:
     """The batched input pipeline of a split (element structure: module docstring):
     :func:`open_source` -> shuffle / repeat -> :func:`prepare_image` ->
@@ -421,6 +449,9 @@ def build_dataset(
             evaluation, merged into ``y`` for training with an encoder.
         scan_tfrecords: read the TFRecords once up front to count (and log)
             dropped boxes and skipped images, like the COCO reader does.
+        pad_remainder: pad each canvas's last partial batch (:func:`pad_batch`;
+            evaluation); else training drops it and evaluation keeps it partial
+            (``model.predict`` then returns one row per image).
 
     Raises:
         DataError: no data configured, or the dataset's number of categories
@@ -455,7 +486,10 @@ def build_dataset(
             return e["x"], e["y"]
         return e["x"]
 
-    ds = ds.map(finish).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(finish)
+    if pad_remainder and not training:
+        ds = ds.map(lambda *e: pad_batch(e if len(e) > 1 else e[0], batch_size))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)
