@@ -83,6 +83,11 @@ class CanvasStepFunction:
     def _run(self, data):
         strategy = self._strategy()
         outputs = strategy.run(self._step, args=(data,))
+        if self._reduction == "auto" and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            # Keras (3.15) reduces with axis=0 there, which fails on scalar metrics.
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), outputs)
         return reduce_per_replica(outputs, strategy, reduction=self._reduction)
 
     def __call__(self, data: Any) -> Any:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 
 import keras
@@ -199,6 +200,11 @@ def train(
     # Multi-worker and TPU strategies configure the runtime: before any other op.
     strategy = strategy or make_strategy(cfg.train.strategy)
     out = os.fspath(out_dir)
+    # Under multi_worker only the chief writes the run; the other workers take
+    # part in every step and save (saving may read variables collectively)
+    # into a scratch folder of their own. All of them resume from the run's.
+    chief = strategy.extended.should_checkpoint
+    written = out if chief else tempfile.mkdtemp(prefix="atss-tf-worker-")
     ckpt = ResumableCheckpoint(files.join(out, "checkpoints"))
     latest = ckpt.latest()
     if latest is not None:
@@ -219,8 +225,9 @@ def train(
         category_map=category_map,
         seed=cfg.train.seed + initial_epoch,
     )
-    files.makedirs(out)
-    save_config(cfg, files.join(out, "config.yaml"))
+    files.makedirs(written)
+    if chief:
+        save_config(cfg, files.join(out, "config.yaml"))
     model = build_training_model(with_dataset_categories(cfg, category_map), strategy)
     info = ckpt.restore(model)
     if info:
@@ -231,10 +238,21 @@ def train(
             on_resume(info)
     epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
 
-    log = TrainingLog(files.join(out, "logs"), every_n_steps=min(50, cfg.train.steps_per_epoch))
-    all_callbacks: list[keras.callbacks.Callback] = [ckpt, StopOnNaN()]
+    log = TrainingLog(files.join(written, "logs"), every_n_steps=min(50, cfg.train.steps_per_epoch))
+    all_callbacks: list[keras.callbacks.Callback] = [
+        ResumableCheckpoint(files.join(written, "checkpoints")),
+        StopOnNaN(),
+    ]
     evaluate_fn = picture_fn = None
-    if cfg.data.val_annotations or cfg.data.val_tfrecords:
+    if (
+        cfg.data.val_annotations or cfg.data.val_tfrecords
+    ) and cfg.train.strategy == "multi_worker":
+        logger.warning(
+            "train.strategy=multi_worker does not evaluate during training: evaluate "
+            "%s with atss-tf evaluate when it ends.",
+            files.join(out, "model.keras"),
+        )
+    elif cfg.data.val_annotations or cfg.data.val_tfrecords:
         evaluate_fn = make_evaluate_fn(model, cfg, out)
         picture_fn = make_picture_fn(model, cfg)
         if cfg.train.eval_every_epochs > 0:
@@ -253,7 +271,9 @@ def train(
             callbacks=all_callbacks,
             verbose=fit_verbosity() if verbose == "auto" else verbose,
         )
-    save_model_file(model, files.join(out, "model.keras"))
+    save_model_file(model, files.join(written, "model.keras"))
+    if not chief:
+        files.remove_tree(written)
     if evaluate_fn is not None:
         metrics = evaluate_fn()
         files.write_text(files.join(out, "metrics.json"), json.dumps(metrics, indent=2))
