@@ -6,7 +6,8 @@ readers touch goes through here, as a ``str``: ``pathlib.Path("gs://b/r")``
 collapses the ``//`` into ``gs:/b/r``. Local paths use Python's own file
 functions (same speed and errors as before); remote ones use ``tf.io.gfile``,
 whose errors are translated to the matching ``OSError`` subclasses so callers
-handle both the same way.
+handle both the same way. TensorFlow is imported only for remote paths (the
+config loader uses this module, and ``atss-tf --help`` must stay fast).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from typing import IO, Any
-
-import tensorflow as tf
 
 PathLike = str | os.PathLike
 
@@ -33,7 +33,14 @@ def join(*parts: PathLike) -> str:
     return os.path.join(*(os.fspath(p) for p in parts))
 
 
-def _os_error(e: tf.errors.OpError, path: PathLike) -> OSError:
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _os_error(e: Exception, path: PathLike) -> OSError:
+    tf = _tf()
     if isinstance(e, tf.errors.NotFoundError):
         return FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(path))
     if isinstance(e, tf.errors.PermissionDeniedError):
@@ -46,8 +53,11 @@ def remote_errors(path: PathLike) -> Iterator[None]:
     """Inside: ``tf.errors.OpError`` from ``tf.io.gfile`` becomes an ``OSError`` naming ``path``."""
     try:
         yield
-    except tf.errors.OpError as e:
-        raise _os_error(e, path) from None
+    except Exception as e:
+        tf = sys.modules.get("tensorflow")  # no TensorFlow imported: no TensorFlow error
+        if tf is not None and isinstance(e, tf.errors.OpError):
+            raise _os_error(e, path) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -60,19 +70,19 @@ def open_file(path: PathLike, mode: str = "r", encoding: str | None = None) -> I
         with open(path, mode, **kwargs) as f:
             yield f
         return
-    with remote_errors(path), tf.io.gfile.GFile(os.fspath(path), mode) as f:
+    with remote_errors(path), _tf().io.gfile.GFile(os.fspath(path), mode) as f:
         yield f
 
 
 def exists(path: PathLike) -> bool:
-    return tf.io.gfile.exists(os.fspath(path)) if is_remote(path) else os.path.exists(path)
+    return _tf().io.gfile.exists(os.fspath(path)) if is_remote(path) else os.path.exists(path)
 
 
 def makedirs(path: PathLike) -> None:
     """Create ``path`` and its parents (no error if it exists)."""
     if is_remote(path):
         with remote_errors(path):
-            tf.io.gfile.makedirs(os.fspath(path))
+            _tf().io.gfile.makedirs(os.fspath(path))
     else:
         os.makedirs(path, exist_ok=True)
 
@@ -90,14 +100,14 @@ def write_text(path: PathLike, text: str) -> None:
 def glob(pattern: PathLike) -> list[str]:
     """Sorted paths matching ``pattern`` (``*`` and ``?`` in the last parts)."""
     with remote_errors(pattern):
-        return sorted(tf.io.gfile.glob(os.fspath(pattern)))
+        return sorted(_tf().io.gfile.glob(os.fspath(pattern)))
 
 
 def remove(path: PathLike) -> None:
     """Delete a file; no error if it does not exist."""
     with contextlib.suppress(FileNotFoundError), remote_errors(path):
         if is_remote(path):
-            tf.io.gfile.remove(os.fspath(path))
+            _tf().io.gfile.remove(os.fspath(path))
         else:
             os.remove(path)
 
@@ -108,7 +118,7 @@ def replace(src: PathLike, dst: PathLike) -> None:
     object appears whole or not at all."""
     if is_remote(src) or is_remote(dst):
         with remote_errors(dst):
-            tf.io.gfile.rename(os.fspath(src), os.fspath(dst), overwrite=True)
+            _tf().io.gfile.rename(os.fspath(src), os.fspath(dst), overwrite=True)
     else:
         os.replace(src, dst)
 
@@ -116,9 +126,9 @@ def replace(src: PathLike, dst: PathLike) -> None:
 def remove_tree(path: PathLike) -> None:
     """Delete a directory and everything under it; no error if it does not exist."""
     if is_remote(path):
-        if tf.io.gfile.exists(os.fspath(path)):
+        if exists(path):
             with remote_errors(path):
-                tf.io.gfile.rmtree(os.fspath(path))
+                _tf().io.gfile.rmtree(os.fspath(path))
     else:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -136,4 +146,4 @@ def copy_tree(src: PathLike, dst: PathLike, last: str | None = None) -> None:
         target = join(dst, *rel.split(os.sep))
         makedirs(os.path.dirname(target))
         with remote_errors(target):
-            tf.io.gfile.copy(os.path.join(src, rel), target, overwrite=True)
+            _tf().io.gfile.copy(os.path.join(src, rel), target, overwrite=True)
