@@ -22,12 +22,14 @@ size): no data paths and no schedule.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -719,18 +721,53 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
     return _deep_merge(parent, data)
 
 
+# The configs/ folder ships inside the package as atss_tf.configs (setup.py's
+# package_dir); a source checkout that was not installed has it beside atss_tf/.
+_SOURCE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_configs_dir() -> Path:
+    """The folder of the configs shipped with atss-tf (``configs/`` of the repo)."""
+    spec = importlib.util.find_spec("atss_tf.configs")  # a namespace package: no __init__
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return _SOURCE_CONFIGS
+
+
+def find_config(name: str | os.PathLike) -> str | Path:
+    """A config file: ``name`` itself when it exists or is remote
+    (``gs://...``), else the shipped config it names
+    (``configs/demo_shapes.yaml``, ``demo_shapes.yaml`` or ``demo_shapes``),
+    so the README's commands work from any folder and from a wheel install."""
+    if files.is_remote(name):
+        return os.fspath(name)
+    path = Path(name)
+    if path.exists():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = shipped_configs_dir().joinpath(*parts) if parts else None
+    for candidate in (shipped, shipped.with_suffix(".yaml") if shipped else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return path  # load_config names it as not found
+
+
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) plus overrides.
 
-    A file may start from another with ``base: relative/path.yaml``.
+    ``path`` is a file (local or remote), or the name of a config shipped with
+    atss-tf (``configs/demo_shapes.yaml``, ``demo_shapes``; see
+    :func:`find_config`), which works from any folder, a wheel install or
+    Colab. A file may start from another with ``base: relative/path.yaml``.
 
     Raises:
         ConfigError: malformed YAML, unknown keys or invalid values; the message
             names the file and the key.
     """
-    data = _read_yaml(os.fspath(path)) if path is not None else {}
+    data = _read_yaml(os.fspath(find_config(path))) if path is not None else {}
     try:
         data = apply_overrides(data, overrides)
         cfg = from_dict(data)

@@ -6,9 +6,9 @@
   the ``TF_CONFIG`` environment variable, the way Vertex AI, Kubernetes
   (TFJob) and other cluster managers start TensorFlow workers. Every worker
   runs the same command; worker 0 (or the ``chief``) writes the checkpoints.
-* ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver`` (Colab's
-  TPU runtime and Cloud TPU VMs need no argument; ``TPU_NAME`` names a remote
-  TPU or pod slice).
+* ``tpu``: ``TPUStrategy`` on the TPU found by ``TPUClusterResolver``: the one
+  attached to this VM (Colab's TPU runtime, Cloud TPU VMs), or the remote TPU
+  or pod slice the ``TPU_NAME`` environment variable names.
 
 Anything missing or malformed (no ``TF_CONFIG``, a ``TF_CONFIG`` without this
 task, no TPU) is a :class:`~atss_tf.errors.ConfigError` naming what to set.
@@ -78,15 +78,28 @@ def _check_reachable(master: str, timeout_s: float = 10.0) -> None:
         raise ValueError(f"cannot reach {master}: {e}") from None
 
 
+def _tpu_name() -> str:
+    """``TPU_NAME`` when set; else ``"local"``, the TPU attached to this VM
+    (Cloud TPU VMs and Colab's TPU runtime); ``""`` on the retired Colab TPU
+    nodes, which announce themselves with ``COLAB_TPU_ADDR``."""
+    if os.environ.get("TPU_NAME"):
+        return os.environ["TPU_NAME"]
+    return "" if os.environ.get("COLAB_TPU_ADDR") else "local"
+
+
 def _tpu_strategy() -> tf.distribute.Strategy:
-    tpu = os.environ.get("TPU_NAME", "")
+    tpu = _tpu_name()
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         _check_reachable(resolver.master())
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, RuntimeError) as e:
-        where = f"TPU_NAME={tpu!r}" if tpu else "this machine (TPU_NAME is not set)"
+        where = (
+            f"TPU_NAME={tpu!r}"
+            if os.environ.get("TPU_NAME")
+            else "this machine (TPU_NAME is not set)"
+        )
         raise ConfigError(
             f"train.strategy=tpu: no TPU found on {where} ({first_line(e)}). On Colab choose "
             "Runtime > Change runtime type > TPU; on a Cloud TPU VM run on the VM; for a "
