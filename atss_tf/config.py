@@ -226,6 +226,12 @@ class TrainConfig:
     # the input normalisation, losses, targets and post-processing stay float32.
     precision: str = "float32"
     jit_compile: bool = False
+    # Split each step's batch (data.batch_size, the batch the schedule is for)
+    # into this many equal chunks, run one after the other with their gradients
+    # summed: the memory of a chunk, the update of the whole batch.
+    accumulate_steps: int = 1
+    # Batches per Keras train_function call (fewer Python round trips per step).
+    steps_per_execution: int = 1
     seed: int = 0
 
 
@@ -504,6 +510,13 @@ def validate(cfg: Config) -> None:
     check(_finite(t.lr_gamma) and t.lr_gamma > 0, "train.lr_gamma", t.lr_gamma, "> 0")
     check(t.eval_every_epochs >= 0, "train.eval_every_epochs", t.eval_every_epochs, ">= 0")
     check(t.precision in PRECISIONS, "train.precision", t.precision, " | ".join(PRECISIONS))
+    check(
+        t.accumulate_steps >= 1 and cfg.data.batch_size % t.accumulate_steps == 0,
+        "train.accumulate_steps",
+        t.accumulate_steps,
+        f">= 1 and a divisor of data.batch_size ({cfg.data.batch_size})",
+    )
+    check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
     check(t.strategy in STRATEGIES, "train.strategy", t.strategy, " | ".join(STRATEGIES))
     if problems:
         n = len(problems)

@@ -69,12 +69,42 @@ def _replica_sum_and_count(value: tf.Tensor) -> tuple[tf.Tensor, float]:
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value), float(ctx.num_replicas_in_sync)
 
 
+def _centerness_targets(labels, box_targets, anchors, coder) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(target_boxes [B, A, 4], centerness targets [B, A])`` of the positives
+    (zero boxes and 0 centerness elsewhere), from the targets alone."""
+    positive = labels > 0
+    # Non-positive rows carry filler (possibly huge or non-finite): zero deltas
+    # are decoded instead, so no NaN reaches the sums or gradients.
+    safe_target = tf.where(positive[..., None], box_targets, tf.zeros_like(box_targets))
+    target_boxes = tf.stop_gradient(coder.decode(safe_target, anchors))
+    offset = 0.5 if coder.inclusive else 0.0
+    ltrb = box_ops.ltrb_distances(box_ops.centers(anchors), target_boxes, offset=offset)
+    return target_boxes, box_ops.centerness(ltrb) * tf.cast(positive, tf.float32)
+
+
+def loss_normalizers(
+    targets: dict[str, tf.Tensor], anchors: tf.Tensor, coder: box_ops.BoxCoder | box_ops.PointCoder
+) -> dict[str, tf.Tensor]:
+    """What the losses are divided by, from the targets of a replica's batch:
+    ``"pos_avg"`` = ``max(P / N, 1)`` and ``"ctr_avg"`` = the replica-mean of the
+    summed centerness targets (module docstring). Computed once for a whole
+    batch, they let :func:`atss_losses` of its chunks sum to the loss of the
+    batch (gradient accumulation). Float32 scalars; all-reduced over replicas."""
+    labels = tf.cast(targets["cls_targets"], tf.int32)
+    box_targets = tf.cast(targets["box_targets"], tf.float32)
+    _, ctr_targets = _centerness_targets(labels, box_targets, tf.cast(anchors, tf.float32), coder)
+    num_pos, num_replicas = _replica_sum_and_count(tf.reduce_sum(tf.cast(labels > 0, tf.float32)))
+    ctr_sum, _ = _replica_sum_and_count(tf.reduce_sum(ctr_targets))
+    return {"pos_avg": tf.maximum(num_pos / num_replicas, 1.0), "ctr_avg": ctr_sum / num_replicas}
+
+
 def atss_losses(
     outputs: dict[str, tf.Tensor],
     targets: dict[str, tf.Tensor],
     anchors: tf.Tensor,
     coder: box_ops.BoxCoder | box_ops.PointCoder,
     loss_config: LossConfig,
+    normalizers: dict[str, tf.Tensor] | None = None,
 ) -> dict[str, tf.Tensor]:
     """The three ATSS losses of one replica (ATSS_SPEC §5, official ``loss.py``).
 
@@ -91,6 +121,8 @@ def atss_losses(
         coder: the model's box coder (:func:`atss_tf.boxes.coder_for_model`);
             its ``inclusive`` flag sets the GIoU and centerness geometry.
         loss_config: the ``loss`` section (focal alpha / gamma, GIoU weight).
+        normalizers: :func:`loss_normalizers` of the whole batch when these
+            targets are one chunk of it; default: those of these targets.
 
     Returns:
         Float32 scalars ``"cls_loss"``, ``"reg_loss"`` (already times
@@ -102,40 +134,27 @@ def atss_losses(
         losses are exactly 0 with finite gradients.
     """
     loss_cfg = loss_config
-    inclusive = coder.inclusive
-
     cls_logits = tf.cast(outputs["cls_logits"], tf.float32)
     box_regression = tf.cast(outputs["box_regression"], tf.float32)
     ctr_logits = tf.cast(outputs["centerness"], tf.float32)[..., 0]
     labels = tf.cast(targets["cls_targets"], tf.int32)
     box_targets = tf.cast(targets["box_targets"], tf.float32)
     anchors = tf.cast(anchors, tf.float32)
+    if normalizers is None:
+        normalizers = loss_normalizers(targets, anchors, coder)
+    pos_avg, ctr_avg = normalizers["pos_avg"], normalizers["ctr_avg"]
 
     positive = labels > 0  # [B, A]
     pos_f = tf.cast(positive, tf.float32)
-    num_pos, num_replicas = _replica_sum_and_count(tf.reduce_sum(pos_f))
-    pos_avg = tf.maximum(num_pos / num_replicas, 1.0)
-
     focal = sigmoid_focal_loss(cls_logits, labels, loss_cfg.focal_alpha, loss_cfg.focal_gamma)
     cls_loss = tf.reduce_sum(focal) / pos_avg
 
-    # Non-positive rows carry filler (possibly huge or non-finite): replace them
-    # by zero deltas before decoding so no NaN reaches the sums or gradients.
-    pos_mask = positive[..., None]
-    safe_pred = tf.where(pos_mask, box_regression, tf.zeros_like(box_regression))
-    safe_target = tf.where(pos_mask, box_targets, tf.zeros_like(box_targets))
+    target_boxes, ctr_targets = _centerness_targets(labels, box_targets, anchors, coder)
+    safe_pred = tf.where(positive[..., None], box_regression, tf.zeros_like(box_regression))
     pred_boxes = coder.decode(safe_pred, anchors)
-    target_boxes = tf.stop_gradient(coder.decode(safe_target, anchors))
-
-    anchor_centers = box_ops.centers(anchors)
-    ltrb = box_ops.ltrb_distances(anchor_centers, target_boxes, offset=0.5 if inclusive else 0.0)
-    ctr_targets = box_ops.centerness(ltrb) * pos_f  # [B, A], 0 off the positives
-
-    ctr_sum, _ = _replica_sum_and_count(tf.reduce_sum(ctr_targets))
-    giou = box_ops.giou_loss(pred_boxes, target_boxes, inclusive=inclusive)
+    giou = box_ops.giou_loss(pred_boxes, target_boxes, inclusive=coder.inclusive)
     reg_loss = (
-        tf.math.divide_no_nan(tf.reduce_sum(giou * ctr_targets), ctr_sum / num_replicas)
-        * loss_cfg.reg_loss_weight
+        tf.math.divide_no_nan(tf.reduce_sum(giou * ctr_targets), ctr_avg) * loss_cfg.reg_loss_weight
     )
 
     bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=ctr_targets, logits=ctr_logits)

@@ -20,7 +20,7 @@ from atss_tf.anchors import AnchorGrid, generate_anchors
 from atss_tf.boxes import coder_for_model
 from atss_tf.config import AssignerConfig, Config, DetectorConfig, LossConfig
 from atss_tf.data.transforms import boxes_to_original, valid_image_size
-from atss_tf.losses import atss_losses
+from atss_tf.losses import atss_losses, loss_normalizers
 from atss_tf.model.canvas_steps import (
     CanvasStepFunction,
     make_iterator_function,
@@ -95,6 +95,7 @@ class ATSSDetector(keras.Model):
         self.coder = coder_for_model(m)
         self.assigner_config: AssignerConfig = Config().assigner
         self.loss_config = LossConfig()
+        self.accumulate_steps = 1
         self._anchor_grids: dict[tuple[int, int], AnchorGrid] = {}
         self._encoders: dict[tuple[int, int], object] = {}
         self.loss_trackers = {
@@ -155,16 +156,23 @@ class ATSSDetector(keras.Model):
         *,
         assigner: AssignerConfig | None = None,
         loss_config: LossConfig | None = None,
+        accumulate_steps: int = 1,
         **kwargs,
     ) -> None:
         """``keras.Model.compile`` plus how to train: ``assigner`` (the sample
         selector and its settings) and ``loss_config`` (focal and GIoU
-        settings); None keeps the current ones (``Config()``'s at first)."""
+        settings), None keeping the current ones (``Config()``'s at first);
+        ``accumulate_steps``: each train step splits its batch into this many
+        chunks run one after the other, gradients summed
+        (``train.accumulate_steps``)."""
         if assigner is not None:
             self.assigner_config = assigner
             self._encoders.clear()
         if loss_config is not None:
             self.loss_config = loss_config
+        if accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps must be >= 1, got {accumulate_steps}")
+        self.accumulate_steps = int(accumulate_steps)
         super().compile(optimizer=optimizer, **kwargs)
 
     def export_serving(self, export_dir, **kwargs):
@@ -277,17 +285,70 @@ class ATSSDetector(keras.Model):
 
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # The official per-replica loss is averaged over GPUs by DDP; Keras
+        # sums replica gradients, so each replica contributes loss / N.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            losses = self.compute_atss_losses(x, y, training=True)
-            # The official per-replica loss is averaged over GPUs by DDP; Keras
-            # sums replica gradients, so each replica contributes loss / N.
-            loss = losses["loss"] / replicas
-            loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
+        if self.accumulate_steps > 1:
+            grads, losses = self._accumulated_gradients(x, y, replicas)
+        else:
+            with tf.GradientTape() as tape:
+                losses = self.compute_atss_losses(x, y, training=True)
+                loss = self.optimizer.scale_loss(losses["loss"] / replicas)
+            grads = tape.gradient(loss, variables)
         self.optimizer.apply(grads, variables)
         return self._update_trackers(losses)
+
+    def _accumulated_gradients(self, x, y, replicas: int) -> tuple[list, dict]:
+        """Gradients and losses of the batch, computed in ``accumulate_steps``
+        equal chunks one after the other (a ``tf.while_loop``: one chunk's
+        activations live at a time). The loss normalisers come from the whole
+        batch's targets first, so the chunks' losses and gradients sum to the
+        batch's: exact up to float order with frozen BatchNorm (trainable
+        BatchNorm sees chunk statistics)."""
+        images = self._images(x)
+        image_size = canvas_size(images)
+        targets = self._targets(x, y, image_size)
+        targets = {k: targets[k] for k in ("cls_targets", "box_targets")}
+        anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
+        normalizers = loss_normalizers(targets, anchors, self.coder)
+        n, batch = self.accumulate_steps, images.shape[0]
+        if batch is None or batch % n:
+            raise ValueError(
+                f"train.accumulate_steps={n} must divide each replica's batch, got {batch} images"
+            )
+
+        def chunks(t):
+            return tf.reshape(t, [n, batch // n, *t.shape[1:]])
+
+        images, targets = chunks(images), {k: chunks(v) for k, v in targets.items()}
+        variables = self.trainable_variables
+        names = ("cls_loss", "reg_loss", "centerness_loss")
+
+        def body(i, grads, sums):
+            with tf.GradientTape() as tape:
+                outputs = self(images[i], training=True)
+                chunk_targets = {k: v[i] for k, v in targets.items()}
+                losses = atss_losses(
+                    outputs, chunk_targets, anchors, self.coder, self.loss_config, normalizers
+                )
+                total = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
+                loss = self.optimizer.scale_loss(total / replicas)
+            chunk_grads = tape.gradient(loss, variables)
+            grads = [a + tf.cast(g, a.dtype) for a, g in zip(grads, chunk_grads)]
+            return i + 1, grads, [s + losses[k] for s, k in zip(sums, names)]
+
+        start = (
+            tf.constant(0),
+            [tf.zeros(v.shape, v.dtype) for v in variables],
+            [tf.constant(0.0)] * len(names),
+        )
+        _, grads, sums = tf.while_loop(
+            lambda i, *_: i < n, body, start, parallel_iterations=1, maximum_iterations=n
+        )
+        losses = dict(zip(names, sums))
+        losses["loss"] = sums[0] + sums[1] + sums[2]
+        return grads, losses
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -69,6 +69,8 @@ def compile_detector(model: keras.Model, cfg: Config) -> keras.Model:
         optimizer=optimizer,
         assigner=cfg.assigner,
         loss_config=cfg.loss,
+        accumulate_steps=cfg.train.accumulate_steps,
+        steps_per_execution=cfg.train.steps_per_execution,
         jit_compile=cfg.train.jit_compile,
     )
     return model
