@@ -1,0 +1,144 @@
+"""Train step speed and peak memory by precision, XLA and gradient accumulation.
+
+    python benchmarks/precision.py [--steps 5] [--rounds 2] [--size 512] [--batch 2]
+
+The R-50 ATSS model (80 classes, GroupNorm head, frozen BN) on random images
+of ``size`` x ``size``, batch ``batch``, one train step at a time
+(``train_on_batch``). Each variant runs in a fresh process, so its peak
+resident memory (``ru_maxrss``: weights, optimizer state, activations,
+TensorFlow itself) is its own; the variants run in turn, ``rounds`` times,
+and the table gives the median step time over all rounds and the largest
+peak. On a GPU the variants are measured there too (peak GPU memory from
+``tf.config.experimental.get_memory_info``). Results are printed and
+appended to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import append_results  # noqa: E402
+
+VARIANTS = {
+    "float32": [],
+    "float32, XLA": ["train.jit_compile=true"],
+    "mixed_bfloat16": ["train.precision=mixed_bfloat16"],
+    "mixed_bfloat16, XLA": ["train.precision=mixed_bfloat16", "train.jit_compile=true"],
+    "mixed_float16": ["train.precision=mixed_float16"],
+    "float32, accumulate_steps=2": ["train.accumulate_steps=2"],
+}
+
+
+def one_variant(overrides: list[str], steps: int, size: int, batch: int) -> dict:
+    """Median seconds per step and peak memory of one variant (in this process)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from atss_tf.config import load_config
+    from atss_tf.targets import TargetEncoder
+    from atss_tf.training.fit import build_training_model
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    boxes = np.zeros((batch, 100, 4), np.float32)
+    xy = rng.uniform(0, size * 0.75, (batch, 10, 2))
+    boxes[:, :10] = np.concatenate([xy, xy + rng.uniform(16, size * 0.4, (batch, 10, 2))], -1)
+    labels = np.zeros((batch, 100), np.int32)
+    labels[:, :10] = rng.integers(1, 81, (batch, 10))
+    cfg = load_config(None, [f"data.batch_size={batch}", *overrides])
+    model = build_training_model(cfg)
+    targets = TargetEncoder.from_config(cfg, (size, size)).encode_batch(boxes, labels, labels > 0)
+    start = time.perf_counter()
+    model.train_on_batch(images, targets)
+    first = time.perf_counter() - start
+    model.train_on_batch(images, targets)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        logs = model.train_on_batch(images, targets, return_dict=True)
+        times.append(time.perf_counter() - start)
+    gpu = tf.config.list_logical_devices("GPU")
+    peak_gpu = (
+        tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpu else None
+    )
+    return {
+        "times": times,
+        "first_step": first,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mib": peak_gpu,
+        "loss": float(logs["loss"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(one_variant(VARIANTS[args.one], args.steps, args.size, args.batch)))
+        return 0
+
+    results: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for _ in range(args.rounds):
+        for name in args.variants:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
+                 "--size", str(args.size), "--batch", str(args.batch)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            results[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    base = statistics.median(t for r in results.get("float32", []) for t in r["times"]) if results.get("float32") else None
+    lines = [
+        f"R-50 ATSS train step, {args.size}x{args.size}, batch {args.batch}, GroupNorm head, "
+        f"{args.steps} steps x {args.rounds} rounds per variant, each in its own process ({device}).",
+        "",
+        "| Variant | s/step (median) | vs float32 | first step (s) | peak RSS (MiB) |"
+        + (" peak GPU (MiB) |" if device == "GPU" else ""),
+        "|---|---|---|---|---|" + ("---|" if device == "GPU" else ""),
+    ]
+    for name, runs in results.items():
+        if not runs:
+            lines.append(f"| {name} | failed | | | |")
+            continue
+        median = statistics.median(t for r in runs for t in r["times"])
+        ratio = f"{median / base:.2f}x" if base else ""
+        first = statistics.median(r["first_step"] for r in runs)
+        rss = max(r["peak_rss_mib"] for r in runs)
+        row = f"| {name} | {median:.3f} | {ratio} | {first:.1f} | {rss:.0f} |"
+        if device == "GPU":
+            row += f" {max(r['peak_gpu_mib'] for r in runs):.0f} |"
+        lines.append(row)
+    body = "\n".join(lines)
+    print(body)
+    append_results(f"Train step by precision, XLA and accumulation ({device})", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
