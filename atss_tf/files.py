@@ -138,11 +138,11 @@ def copy_tree(src: PathLike, dst: PathLike, last: str | None = None) -> None:
     file; the file named ``last`` (relative to ``src``) is copied after all
     others, so a reader waiting for it sees a complete directory."""
     src = os.fspath(src)
-    files = []
+    relative = []
     for root, _, names in os.walk(src):
-        files += [os.path.relpath(os.path.join(root, n), src) for n in names]
-    files.sort(key=lambda rel: (rel == last, rel))
-    for rel in files:
+        relative += [os.path.relpath(os.path.join(root, n), src) for n in names]
+    relative.sort(key=lambda rel: (rel == last, rel))
+    for rel in relative:
         target = join(dst, *rel.split(os.sep))
         makedirs(os.path.dirname(target))
         with remote_errors(target):

@@ -82,6 +82,12 @@ def _centerness_targets(labels, box_targets, anchors, coder) -> tuple[tf.Tensor,
     return target_boxes, box_ops.centerness(ltrb) * tf.cast(positive, tf.float32)
 
 
+def _normalizers(labels: tf.Tensor, ctr_targets: tf.Tensor) -> dict[str, tf.Tensor]:
+    num_pos, num_replicas = _replica_sum_and_count(tf.reduce_sum(tf.cast(labels > 0, tf.float32)))
+    ctr_sum, _ = _replica_sum_and_count(tf.reduce_sum(ctr_targets))
+    return {"pos_avg": tf.maximum(num_pos / num_replicas, 1.0), "ctr_avg": ctr_sum / num_replicas}
+
+
 def loss_normalizers(
     targets: dict[str, tf.Tensor], anchors: tf.Tensor, coder: box_ops.BoxCoder | box_ops.PointCoder
 ) -> dict[str, tf.Tensor]:
@@ -93,9 +99,7 @@ def loss_normalizers(
     labels = tf.cast(targets["cls_targets"], tf.int32)
     box_targets = tf.cast(targets["box_targets"], tf.float32)
     _, ctr_targets = _centerness_targets(labels, box_targets, tf.cast(anchors, tf.float32), coder)
-    num_pos, num_replicas = _replica_sum_and_count(tf.reduce_sum(tf.cast(labels > 0, tf.float32)))
-    ctr_sum, _ = _replica_sum_and_count(tf.reduce_sum(ctr_targets))
-    return {"pos_avg": tf.maximum(num_pos / num_replicas, 1.0), "ctr_avg": ctr_sum / num_replicas}
+    return _normalizers(labels, ctr_targets)
 
 
 def atss_losses(
@@ -140,8 +144,9 @@ def atss_losses(
     labels = tf.cast(targets["cls_targets"], tf.int32)
     box_targets = tf.cast(targets["box_targets"], tf.float32)
     anchors = tf.cast(anchors, tf.float32)
+    target_boxes, ctr_targets = _centerness_targets(labels, box_targets, anchors, coder)
     if normalizers is None:
-        normalizers = loss_normalizers(targets, anchors, coder)
+        normalizers = _normalizers(labels, ctr_targets)
     pos_avg, ctr_avg = normalizers["pos_avg"], normalizers["ctr_avg"]
 
     positive = labels > 0  # [B, A]
@@ -149,7 +154,6 @@ def atss_losses(
     focal = sigmoid_focal_loss(cls_logits, labels, loss_cfg.focal_alpha, loss_cfg.focal_gamma)
     cls_loss = tf.reduce_sum(focal) / pos_avg
 
-    target_boxes, ctr_targets = _centerness_targets(labels, box_targets, anchors, coder)
     safe_pred = tf.where(positive[..., None], box_regression, tf.zeros_like(box_regression))
     pred_boxes = coder.decode(safe_pred, anchors)
     giou = box_ops.giou_loss(pred_boxes, target_boxes, inclusive=coder.inclusive)

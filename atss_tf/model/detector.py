@@ -267,16 +267,24 @@ class ATSSDetector(keras.Model):
             gt["gt_boxes"], gt["gt_labels"], gt["gt_mask"]
         )
 
-    def compute_atss_losses(self, x, y, training: bool) -> dict:
-        """Forward pass and the three ATSS losses (official per-replica values)."""
+    def _loss_inputs(self, x, y) -> tuple:
+        """``(images, dense targets, anchors)`` of a batch on its canvas."""
         images = self._images(x)
         image_size = canvas_size(images)
         targets = self._targets(x, y, image_size)
-        outputs = self(images, training=training)
         anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
-        losses = atss_losses(outputs, targets, anchors, self.coder, self.loss_config)
+        return images, targets, anchors
+
+    def _forward_losses(self, images, targets, anchors, training: bool, normalizers=None) -> dict:
+        """Forward pass and the three ATSS losses plus their sum ``"loss"``."""
+        outputs = self(images, training=training)
+        losses = atss_losses(outputs, targets, anchors, self.coder, self.loss_config, normalizers)
         losses["loss"] = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
         return losses
+
+    def compute_atss_losses(self, x, y, training: bool) -> dict:
+        """Forward pass and the three ATSS losses (official per-replica values)."""
+        return self._forward_losses(*self._loss_inputs(x, y), training=training)
 
     def _update_trackers(self, losses: dict) -> dict:
         for name, tracker in self.loss_trackers.items():
@@ -306,11 +314,8 @@ class ATSSDetector(keras.Model):
         batch's targets first, so the chunks' losses and gradients sum to the
         batch's: exact up to float order with frozen BatchNorm (trainable
         BatchNorm sees chunk statistics)."""
-        images = self._images(x)
-        image_size = canvas_size(images)
-        targets = self._targets(x, y, image_size)
+        images, targets, anchors = self._loss_inputs(x, y)
         targets = {k: targets[k] for k in ("cls_targets", "box_targets")}
-        anchors = ops.convert_to_tensor(self.anchor_grid(image_size).boxes)
         normalizers = loss_normalizers(targets, anchors, self.coder)
         n, batch = self.accumulate_steps, images.shape[0]
         if batch is None or batch % n:
@@ -323,17 +328,13 @@ class ATSSDetector(keras.Model):
 
         images, targets = chunks(images), {k: chunks(v) for k, v in targets.items()}
         variables = self.trainable_variables
-        names = ("cls_loss", "reg_loss", "centerness_loss")
+        names = ("loss", "cls_loss", "reg_loss", "centerness_loss")
 
         def body(i, grads, sums):
             with tf.GradientTape() as tape:
-                outputs = self(images[i], training=True)
                 chunk_targets = {k: v[i] for k, v in targets.items()}
-                losses = atss_losses(
-                    outputs, chunk_targets, anchors, self.coder, self.loss_config, normalizers
-                )
-                total = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
-                loss = self.optimizer.scale_loss(total / replicas)
+                losses = self._forward_losses(images[i], chunk_targets, anchors, True, normalizers)
+                loss = self.optimizer.scale_loss(losses["loss"] / replicas)
             chunk_grads = tape.gradient(loss, variables)
             grads = [a + tf.cast(g, a.dtype) for a, g in zip(grads, chunk_grads)]
             return i + 1, grads, [s + losses[k] for s, k in zip(sums, names)]
@@ -346,9 +347,7 @@ class ATSSDetector(keras.Model):
         _, grads, sums = tf.while_loop(
             lambda i, *_: i < n, body, start, parallel_iterations=1, maximum_iterations=n
         )
-        losses = dict(zip(names, sums))
-        losses["loss"] = sums[0] + sums[1] + sums[2]
-        return grads, losses
+        return grads, dict(zip(names, sums))
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
