@@ -28,6 +28,7 @@ COMMANDS = {
     "evaluate": "COCO metrics of a trained model on the validation set.",
     "predict": "Detect objects in images; write detections json and pictures.",
     "assign": "Show which anchors a set of boxes selects (sample selection).",
+    "analyze": "Sample selection over a dataset: positives per object, levels, IoU thresholds.",
     "export": "Export a SavedModel for TF Serving: pre-processing, network and NMS inside.",
     "convert": "Convert an official ATSS (PyTorch) checkpoint to a .keras model.",
     "make-tfrecords": "Write a COCO-format dataset as sharded TFRecords.",

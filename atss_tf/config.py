@@ -40,6 +40,7 @@ from atss_tf.errors import ConfigError
 ANCHOR_ALIGNMENTS = ("center", "official", "mmdet")
 ASSIGNERS = ("atss", "atss_dense", "iou", "fcos", "fcos_center", "topk")
 REGRESSIONS = ("box", "point")
+BOX_LOSSES = ("giou", "smooth_l1")  # loss.box_loss
 IMAGE_CHECKS = ("none", "quick", "full")  # atss_tf.data.image_files
 BAD_IMAGE_POLICIES = ("skip", "error")
 # Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS): about 1/4 GiB of RGB.
@@ -80,6 +81,11 @@ class AssignerConfig:
 
     type: str = "atss"  # atss | atss_dense (same positives, Algorithm 1 dense) | iou | fcos | fcos_center | topk
     topk: int = 9  # ATSS k (per level) and TOPK's k
+    # Paper Table 1 "In GT Box": a positive's anchor centre must lie inside its
+    # GT (official, all selectors). Off: ATSS / TOPK keep candidates whose
+    # centre is outside, and IoU matching keeps such positives instead of
+    # ignoring them. FCOS selectors are defined by points inside the box.
+    center_in_box: bool = True
     # Anchor center must satisfy min(l, t, r, b) > center_margin to count as
     # inside a box. None: 0.51 if official_compat else 0.01.
     center_margin: float | None = None
@@ -97,6 +103,12 @@ class AssignerConfig:
     center_radius: float = 1.5  # fcos_center: radius in strides
     # ATSS: give a GT with no positive its best-IoU candidate (off: official).
     fallback_best_candidate: bool = False
+
+    @property
+    def inside_margin(self) -> float:
+        """The margin selectors test anchor centres against: ``center_margin``,
+        or ``-inf`` (every centre counts as inside) with ``center_in_box`` off."""
+        return self.center_margin if self.center_in_box else -math.inf
 
 
 @dataclass
@@ -131,6 +143,12 @@ class HeadConfig:
     group_norm_groups: int = 32
     prior_prob: float = 0.01
     regression: str = "box"  # box | point
+    # Paper Table 1 switches (official: both on). centerness off: no centerness
+    # branch, no centerness loss, the box loss averaged over positives instead
+    # of weighted by centerness targets, and a detection scores its class
+    # probability. learnable_scales off: no per-level scalar on the box output.
+    centerness: bool = True
+    learnable_scales: bool = True
 
 
 @dataclass
@@ -163,6 +181,12 @@ class ModelConfig:
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # giou: GIoU between decoded boxes (official ATSS). smooth_l1: on the coder
+    # deltas ((10, 10, 5, 5)-weighted for box regression), the RetinaNet
+    # baseline of paper Table 1 (maskrcnn-benchmark: beta 0.11, mean over the
+    # four deltas; use reg_loss_weight 1 for its scale).
+    box_loss: str = "giou"
+    smooth_l1_beta: float = 0.11
     reg_loss_weight: float = 2.0
 
 
@@ -367,6 +391,20 @@ def validate(cfg: Config) -> None:
             (a.scales_per_octave, a.aspect_ratios),
             "one anchor per location for point regression and FCOS assigners",
         )
+    if not cfg.assigner.center_in_box:
+        check(
+            cfg.assigner.type not in ("fcos", "fcos_center"),
+            "assigner.center_in_box",
+            False,
+            f"true with assigner.type={cfg.assigner.type} (FCOS selects points inside the box)",
+        )
+        check(
+            head.regression == "box",
+            "assigner.center_in_box",
+            False,
+            "true with point regression (distances to the sides of a box whose centre "
+            "is outside would be negative)",
+        )
     if cfg.assigner.type in ("fcos", "fcos_center"):
         check(
             len(cfg.assigner.fcos_ranges) == len(a.strides),
@@ -415,6 +453,13 @@ def validate(cfg: Config) -> None:
         _finite(loss.focal_gamma) and loss.focal_gamma >= 0,
         "loss.focal_gamma",
         loss.focal_gamma,
+        ">= 0",
+    )
+    check(loss.box_loss in BOX_LOSSES, "loss.box_loss", loss.box_loss, " | ".join(BOX_LOSSES))
+    check(
+        _finite(loss.smooth_l1_beta) and loss.smooth_l1_beta >= 0,
+        "loss.smooth_l1_beta",
+        loss.smooth_l1_beta,
         ">= 0",
     )
     check(

@@ -1,5 +1,10 @@
 """ATSS training losses (ATSS_SPEC §5): sigmoid focal, centerness-weighted GIoU, centerness BCE.
 
+The paper's Table 1 switches act here too: ``loss.box_loss: smooth_l1`` (the
+RetinaNet baseline's smooth L1 on the coder deltas instead of GIoU) and
+``model.head.centerness: false`` (no centerness loss; the box loss averaged
+over positives instead of weighted by the centerness targets).
+
 All maths is dense and masked (static shapes, no ``boolean_mask``) so the losses
 compile with XLA. Inputs of any float dtype are computed in float32.
 
@@ -15,6 +20,7 @@ single-device loss on the whole batch.
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from atss_tf import boxes as box_ops
@@ -53,6 +59,19 @@ def sigmoid_focal_loss(
     neg_term = -(1.0 - alpha) * tf.pow(p, gamma) * log_1mp
     zeros = tf.zeros_like(logits)
     return tf.where(is_class, pos_term, tf.where(not_ignored, neg_term, zeros))
+
+
+def smooth_l1_loss(pred: tf.Tensor, target: tf.Tensor, beta: float) -> tf.Tensor:
+    """maskrcnn-benchmark's smooth L1, averaged over the last axis (the four deltas).
+
+    ``0.5 * x**2 / beta`` where ``|x| < beta``, else ``|x| - 0.5 * beta``; that is
+    Keras' Huber loss with ``delta = beta``, divided by ``beta`` (L1 for beta 0).
+    ``[..., 4]`` float inputs -> ``[...]`` float32.
+    """
+    pred, target = tf.cast(pred, tf.float32), tf.cast(target, tf.float32)
+    if beta <= 0:
+        return tf.reduce_mean(tf.abs(pred - target), axis=-1)
+    return keras.losses.huber(target, pred, delta=beta) / beta
 
 
 def _replica_sum_and_count(value: tf.Tensor) -> tuple[tf.Tensor, float]:
@@ -109,6 +128,7 @@ def atss_losses(
     coder: box_ops.BoxCoder | box_ops.PointCoder,
     loss_config: LossConfig,
     normalizers: dict[str, tf.Tensor] | None = None,
+    centerness: bool = True,
 ) -> dict[str, tf.Tensor]:
     """The three ATSS losses of one replica (ATSS_SPEC §5, official ``loss.py``).
 
@@ -124,9 +144,13 @@ def atss_losses(
         anchors: ``[A, 4]`` float32 anchors, continuous xyxy.
         coder: the model's box coder (:func:`atss_tf.boxes.coder_for_model`);
             its ``inclusive`` flag sets the GIoU and centerness geometry.
-        loss_config: the ``loss`` section (focal alpha / gamma, GIoU weight).
+        loss_config: the ``loss`` section (focal alpha / gamma, ``box_loss``,
+            its weight).
         normalizers: :func:`loss_normalizers` of the whole batch when these
             targets are one chunk of it; default: those of these targets.
+        centerness: the model has a centerness branch (``model.head.centerness``).
+            Off: ``centerness_loss`` is 0 and each positive's box loss has
+            weight 1, divided by ``max(P / N, 1)`` like the classification loss.
 
     Returns:
         Float32 scalars ``"cls_loss"``, ``"reg_loss"`` (already times
@@ -155,13 +179,19 @@ def atss_losses(
     cls_loss = tf.reduce_sum(focal) / pos_avg
 
     safe_pred = tf.where(positive[..., None], box_regression, tf.zeros_like(box_regression))
-    pred_boxes = coder.decode(safe_pred, anchors)
-    giou = box_ops.giou_loss(pred_boxes, target_boxes, inclusive=coder.inclusive)
-    reg_loss = (
-        tf.math.divide_no_nan(tf.reduce_sum(giou * ctr_targets), ctr_avg) * loss_cfg.reg_loss_weight
-    )
-
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=ctr_targets, logits=ctr_logits)
-    centerness_loss = tf.reduce_sum(bce * pos_f) / pos_avg
+    if loss_cfg.box_loss == "smooth_l1":
+        safe_target = tf.where(positive[..., None], box_targets, tf.zeros_like(box_targets))
+        box_loss = smooth_l1_loss(safe_pred, safe_target, loss_cfg.smooth_l1_beta)
+    else:
+        pred_boxes = coder.decode(safe_pred, anchors)
+        box_loss = box_ops.giou_loss(pred_boxes, target_boxes, inclusive=coder.inclusive)
+    if centerness:
+        reg_sum = tf.math.divide_no_nan(tf.reduce_sum(box_loss * ctr_targets), ctr_avg)
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=ctr_targets, logits=ctr_logits)
+        centerness_loss = tf.reduce_sum(bce * pos_f) / pos_avg
+    else:
+        reg_sum = tf.reduce_sum(box_loss * pos_f) / pos_avg
+        centerness_loss = tf.zeros([], tf.float32)
+    reg_loss = reg_sum * loss_cfg.reg_loss_weight
 
     return {"cls_loss": cls_loss, "reg_loss": reg_loss, "centerness_loss": centerness_loss}

@@ -180,6 +180,7 @@ def postprocess(
     coder: box_ops.BoxCoder | box_ops.PointCoder,
     config: PostprocessConfig,
     image_sizes: tf.Tensor | None = None,
+    centerness: bool = True,
 ) -> dict[str, tf.Tensor]:
     """Final detections of a batch (ATSS_SPEC §7).
 
@@ -195,6 +196,9 @@ def postprocess(
             image of each batch item in canvas pixels; boxes are clipped to it
             (``[0, w] x [0, h]``; with ``model.inclusive_geometry`` the authors'
             clamp, see below). None clips to the canvas ``anchor_grid.image_size``.
+        centerness: the model has a centerness branch (``model.head.centerness``);
+            off, ``outputs["centerness"]`` is ignored: candidates are ranked by
+            ``p`` and a detection's score is ``p``.
 
     Returns:
         ``"boxes"`` ``[B, D, 4]`` float32 continuous xyxy on the canvas,
@@ -220,6 +224,9 @@ def postprocess(
     )
     ctr_logits = tf.ensure_shape(tf.cast(outputs["centerness"], tf.float32), [None, num_anchors, 1])
     ctr_logits = ctr_logits[..., 0]
+    if not centerness:
+        # sigmoid(+inf) = 1: rank by p alone.
+        ctr_logits = tf.fill(tf.shape(ctr_logits), float("inf"))
 
     if image_sizes is None:
         height, width = (float(v) for v in anchor_grid.image_size)
@@ -250,7 +257,10 @@ def postprocess(
         else:
             decoded = box_ops.clip_boxes(decoded, height, width)
         all_boxes.append(decoded)
-        all_scores.append(tf.sqrt(pc) if pp.score_mode == "sqrt" else pc)
+        if not centerness:
+            all_scores.append(p)
+        else:
+            all_scores.append(tf.sqrt(pc) if pp.score_mode == "sqrt" else pc)
         all_classes.append(cls_index + 1)
         all_valid.append(p > pp.score_threshold)
 

@@ -249,7 +249,8 @@ def official_weight_map(model) -> dict[str, tuple[Any, Any]]:
             out[f"rpn.head.{tower}.{step * i + 1}.weight"] = (norm.gamma, ident)
             out[f"rpn.head.{tower}.{step * i + 1}.bias"] = (norm.beta, ident)
     for name in ("cls_logits", "bbox_pred", "centerness"):
-        conv(f"rpn.head.{name}", getattr(head, name))
+        if getattr(head, name) is not None:  # no centerness branch: model.head.centerness off
+            conv(f"rpn.head.{name}", getattr(head, name))
     for level, scale in enumerate(head.scales):
         out[f"rpn.head.scales.{level}.scale"] = (scale.scale, lambda x: np.reshape(x, ()))
     return out

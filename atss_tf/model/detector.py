@@ -130,6 +130,8 @@ class ATSSDetector(keras.Model):
             group_norm_groups=h.group_norm_groups,
             prior_prob=h.prior_prob,
             regression=h.regression,
+            centerness=h.centerness,
+            learnable_scales=h.learnable_scales,
             name="head",
         )
 
@@ -278,7 +280,15 @@ class ATSSDetector(keras.Model):
     def _forward_losses(self, images, targets, anchors, training: bool, normalizers=None) -> dict:
         """Forward pass and the three ATSS losses plus their sum ``"loss"``."""
         outputs = self(images, training=training)
-        losses = atss_losses(outputs, targets, anchors, self.coder, self.loss_config, normalizers)
+        losses = atss_losses(
+            outputs,
+            targets,
+            anchors,
+            self.coder,
+            self.loss_config,
+            normalizers,
+            centerness=self.detector_config.model.head.centerness,
+        )
         losses["loss"] = losses["cls_loss"] + losses["reg_loss"] + losses["centerness_loss"]
         return losses
 
@@ -375,6 +385,7 @@ class ATSSDetector(keras.Model):
             grid,
             self.coder,
             self.detector_config.postprocess,
+            centerness=self.detector_config.model.head.centerness,
             image_sizes=None if image_info is None else valid_image_size(image_info),
         )
         if image_info is not None:

@@ -47,6 +47,13 @@ class ATSSHead(keras.layers.Layer):
     classification tower feeds ``cls_logits``, the box tower feeds ``bbox_pred``
     (times the level's learnable :class:`Scale`) and ``centerness``.
 
+    Paper Table 1 switches: ``use_group_norm``, ``centerness`` (off: no
+    centerness conv; the ``"centerness"`` output is a constant 0 logit, kept
+    so every consumer sees one output structure; the losses and
+    post-processing ignore it, reading ``model.head.centerness``) and
+    ``learnable_scales`` (off: no :class:`Scale`, the box output is
+    ``bbox_pred``'s).
+
     Args:
         num_classes: foreground classes C.
         num_anchors: anchors per location A.
@@ -60,6 +67,8 @@ class ATSSHead(keras.layers.Layer):
             ``-log((1 - p) / p)``).
         regression: ``"box"`` (deltas) or ``"point"`` (ReLU after the scale,
             regression bias initialised to 4).
+        centerness: build the centerness branch.
+        learnable_scales: multiply the box output by a learnable scalar per level.
 
     Call: list of ``num_levels`` NHWC maps -> dict of per-level lists
     ``"cls_logits"`` ``[B, h, w, A*C]``, ``"box_regression"`` ``[B, h, w, A*4]``
@@ -77,6 +86,8 @@ class ATSSHead(keras.layers.Layer):
         group_norm_groups: int = 32,
         prior_prob: float = 0.01,
         regression: str = "box",
+        centerness: bool = True,
+        learnable_scales: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -93,6 +104,8 @@ class ATSSHead(keras.layers.Layer):
         self.group_norm_groups = int(group_norm_groups)
         self.prior_prob = float(prior_prob)
         self.regression = regression
+        self.use_centerness = bool(centerness)
+        self.learnable_scales = bool(learnable_scales)
 
         def tower(prefix: str) -> tuple[list, list]:
             convs, norms = [], []
@@ -117,10 +130,12 @@ class ATSSHead(keras.layers.Layer):
         self.cls_logits = _conv(a * self.num_classes, "cls_logits", bias=cls_bias, dtype=dtype)
         point_bias = 4.0 if regression == "point" else 0.0
         self.bbox_pred = _conv(a * 4, "bbox_pred", bias=point_bias, dtype=dtype)
-        self.centerness = _conv(a, "centerness", dtype=dtype)
-        self.scales = [
-            Scale(1.0, name=f"scale{level}", dtype=dtype) for level in range(self.num_levels)
-        ]
+        self.centerness = _conv(a, "centerness", dtype=dtype) if self.use_centerness else None
+        self.scales = (
+            [Scale(1.0, name=f"scale{level}", dtype=dtype) for level in range(self.num_levels)]
+            if self.learnable_scales
+            else []
+        )
 
     def build(self, input_shape: Sequence) -> None:
         shape = tuple(input_shape[0])
@@ -135,7 +150,8 @@ class ATSSHead(keras.layers.Layer):
                 norm.build(tower_shape)
         last = tower_shape if self.num_convs else shape
         for layer in (self.cls_logits, self.bbox_pred, self.centerness):
-            layer.build(last)
+            if layer is not None:
+                layer.build(last)
         for scale in self.scales:
             scale.build(())
 
@@ -154,12 +170,17 @@ class ATSSHead(keras.layers.Layer):
         for level, x in enumerate(features):
             cls_x = self._tower(x, self.cls_tower_convs, self.cls_tower_norms)
             box_x = self._tower(x, self.bbox_tower_convs, self.bbox_tower_norms)
-            box = self.scales[level](self.bbox_pred(box_x))
+            box = self.bbox_pred(box_x)
+            if self.scales:
+                box = self.scales[level](box)
             if self.regression == "point":
                 box = ops.relu(box)
             outputs["cls_logits"].append(self.cls_logits(cls_x))
             outputs["box_regression"].append(box)
-            outputs["centerness"].append(self.centerness(box_x))
+            if self.centerness is not None:
+                outputs["centerness"].append(self.centerness(box_x))
+            else:
+                outputs["centerness"].append(ops.zeros_like(box[..., : self.num_anchors]))
         return outputs
 
     def compute_output_shape(self, input_shape: Sequence) -> dict:
@@ -185,6 +206,8 @@ class ATSSHead(keras.layers.Layer):
                 "group_norm_groups": self.group_norm_groups,
                 "prior_prob": self.prior_prob,
                 "regression": self.regression,
+                "centerness": self.use_centerness,
+                "learnable_scales": self.learnable_scales,
             }
         )
         return config

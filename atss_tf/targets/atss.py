@@ -249,6 +249,50 @@ def candidates(
     return unbatch((anchor, tf.constant(slot_ok) & mask[..., None]), single)
 
 
+def _threshold_terms(
+    overlaps: tf.Tensor, selected: tf.Tensor, num_candidates: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(best, mean, std, mean + std)`` ``[B, M, 1]`` of each GT's K candidate
+    IoUs (``overlaps`` ``[B, M, C]`` where ``selected``), std unbiased (K - 1).
+
+    Measured from the best IoU so that equal candidate IoUs give a threshold
+    exactly equal to them."""
+    best = tf.reduce_max(tf.where(selected, overlaps, 0.0), axis=-1, keepdims=True)
+    dev = tf.where(selected, overlaps - best, 0.0)
+    mean_dev = tf.reduce_sum(dev, axis=-1, keepdims=True) / num_candidates
+    sq = tf.where(selected, tf.square(dev - mean_dev), 0.0)
+    std = tf.sqrt(tf.reduce_sum(sq, axis=-1, keepdims=True) / max(num_candidates - 1, 1))
+    return best, best + mean_dev, std, best + mean_dev + std
+
+
+def candidate_statistics(
+    grid: AnchorGrid, gt_boxes: tf.Tensor, gt_mask: tf.Tensor, k: int
+) -> dict[str, tf.Tensor]:
+    """What ATSS's IoU threshold is made of, per GT (paper Section 3.3).
+
+    Args:
+        grid: the canvas's anchors. gt_boxes: ``[B, M, 4]`` float32 continuous
+            xyxy canvas pixels. gt_mask: ``[B, M]`` bool. k: candidates per
+            level and anchor per location (``assigner.topk``).
+
+    Returns:
+        ``"mean"``, ``"std"`` (unbiased) and ``"threshold"`` (``mean + std``) of
+        the candidates' IoUs, each ``[B, M]`` float32 (0 on padded rows), exactly
+        the threshold :func:`select` applies.
+    """
+    boxes, mask, _ = batched_inputs(gt_boxes, gt_mask)
+    anchor, slot_ok, _ = _candidates(grid, boxes, k)
+    overlaps = box_ops.iou(boxes[:, :, None, :], tf.gather(tf.constant(grid.boxes), anchor))
+    selected = tf.constant(slot_ok) & mask[..., None]
+    _, mean, std, threshold = _threshold_terms(overlaps, selected, int(slot_ok.sum()))
+    valid = tf.cast(mask, tf.float32)
+    return {
+        "mean": mean[..., 0] * valid,
+        "std": std[..., 0] * valid,
+        "threshold": threshold[..., 0] * valid,
+    }
+
+
 def select(
     grid: AnchorGrid,
     gt_boxes: tf.Tensor,
@@ -259,7 +303,7 @@ def select(
     """ATSS positives; the selector interface of :mod:`atss_tf.targets.common`.
 
     ``assigner``: ``topk`` (k per level and anchor per location),
-    ``center_margin``, ``fallback_best_candidate`` (a valid GT left without
+    ``center_in_box`` / ``center_margin``, ``fallback_best_candidate`` (a valid GT left without
     positive gets its highest-IoU candidate, if that IoU is > 0; ties: lowest
     anchor index; it still competes with other GTs for that anchor). Never
     ignores anchors.
@@ -267,20 +311,12 @@ def select(
     k = assigner.topk
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)
     anchor, slot_ok, points = _candidates(grid, boxes, k)
-    num_candidates = int(slot_ok.sum())
     gt = boxes[:, :, None, :]
     overlaps = box_ops.iou(gt, tf.gather(tf.constant(grid.boxes), anchor))  # [B, M, C]
     selected = tf.constant(slot_ok) & mask[..., None]
+    best, _, _, threshold = _threshold_terms(overlaps, selected, int(slot_ok.sum()))
 
-    # mean + unbiased std of the K candidate IoUs, measured from the best one.
-    best = tf.reduce_max(tf.where(selected, overlaps, 0.0), axis=-1, keepdims=True)
-    dev = tf.where(selected, overlaps - best, 0.0)
-    mean_dev = tf.reduce_sum(dev, axis=-1, keepdims=True) / num_candidates
-    sq = tf.where(selected, tf.square(dev - mean_dev), 0.0)
-    var = tf.reduce_sum(sq, axis=-1, keepdims=True) / max(num_candidates - 1, 1)
-    threshold = best + mean_dev + tf.sqrt(var)
-
-    inside = points_inside(points, gt, assigner.center_margin)
+    inside = points_inside(points, gt, assigner.inside_margin)
     positive = selected & (overlaps >= threshold) & inside
 
     if assigner.fallback_best_candidate:

@@ -42,7 +42,7 @@ def select(
     assigner: AssignerConfig,
     inclusive: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Dense ATSS positives (``assigner.topk``, ``assigner.center_margin``);
+    """Dense ATSS positives (``assigner.topk``, ``assigner.center_in_box`` / ``center_margin``);
     never ignores anchors. ``fallback_best_candidate`` is not applied here."""
     boxes, mask, single = batched_inputs(gt_boxes, gt_mask)  # [B, M, 4], [B, M]
     anchors = tf.constant(grid.boxes)  # [A, 4]
@@ -72,7 +72,7 @@ def select(
 
     # Step 4: positive if IoU >= threshold and the center is inside the box.
     inside = points_inside(
-        tf.gather(points, candidates), boxes[:, :, None, :], assigner.center_margin
+        tf.gather(points, candidates), boxes[:, :, None, :], assigner.inside_margin
     )
     positive = (iou >= threshold) & inside & mask[..., None]
 

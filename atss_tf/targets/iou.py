@@ -8,7 +8,8 @@ maskrcnn-benchmark ``Matcher`` semantics, as used by the authors' code:
 * low-quality matches: for every GT, each anchor whose IoU equals that GT's
   highest IoU (all ties) is restored to its *own* best GT, whatever its IoU;
 * positives whose anchor center is not inside their GT (``center_margin``)
-  become ignored.
+  become ignored (``center_in_box``, paper Table 1 "In GT Box"; off: they
+  stay positive).
 
 One deliberate difference: a valid GT that overlaps no anchor at all (IoU 0
 everywhere, e.g. zero area) restores nothing; the official code would turn
@@ -35,7 +36,7 @@ def select(
     """IoU (RetinaNet) positives and ignored anchors; dense A x M IoUs.
 
     ``assigner``: ``positive_iou``, ``negative_iou``,
-    ``low_quality_matches``, ``center_margin``. Selector interface of
+    ``low_quality_matches``, ``center_in_box``, ``center_margin``. Selector interface of
     :mod:`atss_tf.targets.common`.
     """
     a = assigner
@@ -53,7 +54,7 @@ def select(
         positive |= restore
         between &= ~restore
     matched_boxes = tf.gather(boxes, best_gt, batch_dims=1)  # [B, A, 4]
-    inside = points_inside(tf.constant(grid.centers)[None], matched_boxes, a.center_margin)
+    inside = points_inside(tf.constant(grid.centers)[None], matched_boxes, a.inside_margin)
     ignore = between | (positive & ~inside)
     matched = tf.where(positive & inside, best_gt, -1)
     return unbatch((matched, ignore), single)

@@ -38,7 +38,7 @@ def select(
     score = overlaps - tf.math.divide_no_nan(dist, dist_max) / 1000.0
     _, top = tf.math.top_k(score, k)  # [B, M, k]
     gt = boxes[:, :, None, :]
-    positive = points_inside(tf.gather(points, top), gt, assigner.center_margin)
+    positive = points_inside(tf.gather(points, top), gt, assigner.inside_margin)
     positive &= mask[..., None]
     matched = match_candidates(
         top, tf.gather(overlaps, top, batch_dims=2), positive, grid.num_anchors
