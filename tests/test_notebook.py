@@ -11,6 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_notebook(name: str, monkeypatch, env: dict[str, str]) -> str:
     """Execute ``notebooks/<name>``; the text of its outputs."""
+    return notebook_text(execute_notebook(name, monkeypatch, env))
+
+
+def notebook_text(nb) -> str:
+    return "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+
+
+def execute_notebook(name: str, monkeypatch, env: dict[str, str]):
+    """Execute ``notebooks/<name>``; the executed notebook."""
     for key, value in {"TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg", **env}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
@@ -21,9 +32,7 @@ def run_notebook(name: str, monkeypatch, env: dict[str, str]) -> str:
         resources={"metadata": {"path": str(ROOT / "notebooks")}},
     )
     client.execute()  # raises CellExecutionError naming the failing cell
-    return "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-    )
+    return nb
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
@@ -56,3 +65,26 @@ def test_colab_tpu_notebook_falls_back_and_reads_a_remote_path(tmp_path, monkeyp
     assert f"{root}/data/train.json" in outputs
     assert "AP50" in outputs
     assert f"{root}/run/model.keras" in outputs  # listed by the kernel, in its own ram://
+
+
+def test_sample_selection_notebook_shows_its_pictures(tmp_path, monkeypatch):
+    nb = execute_notebook(
+        "03_sample_selection.ipynb",
+        monkeypatch,
+        {
+            "ATSS_NOTEBOOK_TINY": "1",
+            "ATSS_NOTEBOOK_DIR": str(tmp_path),
+            # Jupyter's own inline backend, as a notebook user has it.
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        },
+    )
+    text = notebook_text(nb)
+    assert "0.2 * k * L = " in text
+    assert "atss: " in text and "positives per object" in text
+    assert "k = 15:" in text
+    shown = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and any("image/png" in o.get("data", {}) for o in c.outputs)
+    ]
+    assert len(shown) == 6  # every picture cell displayed its figure inline

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tensorflow as tf
 
 from atss_tf import cli
 from atss_tf.errors import ConfigError
@@ -73,3 +74,17 @@ def test_train_refuses_a_strategy_it_cannot_start_before_any_work(
     assert cli.main([*argv, "--set", f"train.strategy={strategy}"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_16_bit_precision_on_a_cpu_without_native_support_warns():
+    from atss_tf.training.strategy import cpu_flags, emulated_precision_warning
+
+    cpu = tf.distribute.get_strategy()  # this machine's CPU
+    plain = {"avx512f", "avx512_vnni"}
+    message = emulated_precision_warning("mixed_bfloat16", cpu, flags=plain)
+    assert "train.precision=mixed_bfloat16" in message and "avx512_bf16" in message
+    assert "avx512_fp16" in emulated_precision_warning("mixed_float16", cpu, flags=plain)
+    assert emulated_precision_warning("mixed_bfloat16", cpu, flags=plain | {"amx_bf16"}) is None
+    assert emulated_precision_warning("float32", cpu, flags=plain) is None
+    assert cpu_flags("/nonexistent/cpuinfo") is None  # not Linux: no warning, no guess
+    assert isinstance(cpu_flags(), (set, type(None)))

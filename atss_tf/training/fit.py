@@ -36,7 +36,7 @@ from atss_tf.training.callbacks import (
 )
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
-from atss_tf.training.strategy import make_strategy
+from atss_tf.training.strategy import emulated_precision_warning, make_strategy
 
 logger = logging.getLogger("atss_tf")
 
@@ -201,6 +201,9 @@ def train(
 
     # Multi-worker and TPU strategies configure the runtime: before any other op.
     strategy = strategy or make_strategy(cfg.train.strategy)
+    slow = emulated_precision_warning(cfg.train.precision, strategy)
+    if slow:
+        logger.warning(slow)
     out = os.fspath(out_dir)
     # Under multi_worker only the chief writes the run; the other workers take
     # part in every step and save (saving may read variables collectively)

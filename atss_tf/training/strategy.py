@@ -135,3 +135,46 @@ def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distrib
     if name == "tpu":
         return _tpu_strategy()
     raise ConfigError(f"unknown train.strategy {name!r}: expected one of {', '.join(STRATEGIES)}")
+
+
+# CPU flags (Linux /proc/cpuinfo) of native 16-bit arithmetic, per precision.
+NATIVE_CPU_FLAGS = {
+    "mixed_bfloat16": ("avx512_bf16", "amx_bf16"),
+    "mixed_float16": ("avx512_fp16", "amx_fp16"),
+}
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags, or None where they cannot be read (not Linux)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return set()
+
+
+def emulated_precision_warning(
+    precision: str, strategy: tf.distribute.Strategy, flags: set[str] | None = None
+) -> str | None:
+    """Why ``precision`` will be slow here, or None: a 16-bit policy on a
+    strategy whose devices are CPUs that have no native 16-bit arithmetic
+    (TensorFlow then emulates it; measured in ``benchmarks/RESULTS.md``)."""
+    if precision not in NATIVE_CPU_FLAGS:
+        return None
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: this process's default device
+        devices = ["GPU:0"] if tf.config.list_logical_devices("GPU") else ["CPU:0"]
+    if any("CPU" not in d.upper() for d in devices):
+        return None
+    flags = cpu_flags() if flags is None else flags
+    if flags is None or flags & set(NATIVE_CPU_FLAGS[precision]):  # unknown, or native
+        return None
+    return (
+        f"train.precision={precision} on a CPU without {' or '.join(NATIVE_CPU_FLAGS[precision])}: "
+        "16-bit arithmetic is emulated and slower than float32 here (with "
+        "train.jit_compile=true bfloat16 runs at about float32's speed)"
+    )
