@@ -14,11 +14,11 @@ from atss_tf import files
 from atss_tf.analysis.selection import (
     ASPECT_EDGES,
     LEVEL_NAMES,
-    POSITION_BINS,
     SIZE_EDGES,
     SelectionResult,
-    _bin_label,
+    by_bins,
     expected_positives,
+    position_grid,
 )
 from atss_tf.anchors import generate_anchors
 
@@ -29,15 +29,14 @@ def _plt():
     return plt
 
 
-def _bin_means(values: np.ndarray, edges, positives: np.ndarray) -> tuple[list[str], list[float]]:
-    which = np.digitize(values, edges[1:-1])
-    labels, means = [], []
-    for b in range(len(edges) - 1):
-        sel = which == b
-        if sel.any():
-            labels.append(_bin_label(edges[b], edges[b + 1]))
-            means.append(float(positives[sel].mean()))
-    return labels, means
+def _bin_means(result: SelectionResult, name: str, values: np.ndarray, edges):
+    """Bin labels and mean positives per object of ``name``'s non-empty bins."""
+    rows = [
+        r
+        for r in by_bins(values, edges, result.positives[name], result.levels[name])
+        if r["objects"]
+    ]
+    return [r["bin"] for r in rows], [r["mean_positives"] for r in rows]
 
 
 def positives_per_object(result: SelectionResult):
@@ -65,14 +64,13 @@ def positives_by_object(result: SelectionResult):
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
     expected = expected_positives(result)
     for name in result.selectors:
-        pos = result.positives[name]
-        labels, means = _bin_means(result.size, SIZE_EDGES, pos)
+        labels, means = _bin_means(result, name, result.size, SIZE_EDGES)
         axes[0].plot(labels, means, marker="o", label=name)
-        labels, means = _bin_means(result.aspect, ASPECT_EDGES, pos)
+        labels, means = _bin_means(result, name, result.aspect, ASPECT_EDGES)
         axes[1].plot(labels, means, marker="o", label=name)
         # Position: distance of the centre from the image centre, in thirds of the half-diagonal.
         d = np.linalg.norm(result.position - 0.5, axis=-1) / np.sqrt(0.5)
-        labels, means = _bin_means(d, (0.0, 1 / 3, 2 / 3, np.inf), pos)
+        labels, means = _bin_means(result, name, d, (0.0, 1 / 3, 2 / 3, np.inf))
         axes[2].plot(labels, means, marker="o", label=name)
     titles = (
         "by size: sqrt(w*h), canvas px",
@@ -94,15 +92,8 @@ def positives_by_position(result: SelectionResult):
     plt = _plt()
     n = len(result.selectors)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
-    which = np.minimum((result.position * POSITION_BINS).astype(np.int64), POSITION_BINS - 1)
     for ax, name in zip(axes[0], result.selectors):
-        pos = result.positives[name]
-        grid = np.full((POSITION_BINS, POSITION_BINS), np.nan)
-        for y in range(POSITION_BINS):
-            for x in range(POSITION_BINS):
-                sel = (which[:, 0] == x) & (which[:, 1] == y)
-                if sel.any():
-                    grid[y, x] = pos[sel].mean()
+        grid = position_grid(result, result.positives[name])
         im = ax.imshow(grid, cmap="viridis")
         for (y, x), v in np.ndenumerate(grid):
             if not np.isnan(v):
@@ -120,17 +111,12 @@ def levels_by_size(result: SelectionResult):
     plt = _plt()
     n = len(result.selectors)
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.6), squeeze=False, sharey=True)
-    which = np.digitize(result.size, SIZE_EDGES[1:-1])
     num_levels = len(result.config.model.anchors.strides)
     for ax, name in zip(axes[0], result.selectors):
-        labels, fractions = [], []
-        for b in range(len(SIZE_EDGES) - 1):
-            sel = which == b
-            if sel.any():
-                totals = result.levels[name][sel].sum(axis=0)
-                labels.append(_bin_label(SIZE_EDGES[b], SIZE_EDGES[b + 1]))
-                fractions.append(totals / max(totals.sum(), 1))
-        fractions = np.array(fractions).reshape(-1, num_levels)
+        rows = by_bins(result.size, SIZE_EDGES, result.positives[name], result.levels[name])
+        rows = [r for r in rows if r["objects"]]
+        labels = [r["bin"] for r in rows]
+        fractions = np.array([r["level_fractions"] for r in rows]).reshape(-1, num_levels)
         bottom = np.zeros(len(labels))
         for level in range(num_levels):
             ax.bar(labels, fractions[:, level], bottom=bottom, label=LEVEL_NAMES[level])

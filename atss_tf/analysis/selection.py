@@ -270,7 +270,12 @@ def _bin_label(lo: float, hi: float) -> str:
     return f"[{fmt(lo)}, {fmt(hi)})"
 
 
-def _by_bins(values: np.ndarray, edges: Sequence[float], positives: np.ndarray, levels: np.ndarray):
+def by_bins(
+    values: np.ndarray, edges: Sequence[float], positives: np.ndarray, levels: np.ndarray
+) -> list[dict]:
+    """Per bin of ``values`` [N] (``edges``, last bin open): objects, mean
+    positives (``positives`` [N]), objects without a positive, and the fraction
+    of the bin's positives on each level (``levels`` [N, L] counts)."""
     rows = []
     which = np.digitize(values, edges[1:-1], right=False)
     for b in range(len(edges) - 1):
@@ -309,6 +314,20 @@ def expected_positives(result: SelectionResult) -> float:
     return 0.2 * result.candidates_per_object
 
 
+def position_grid(result: SelectionResult, values: np.ndarray) -> np.ndarray:
+    """Mean of a per-object ``values`` [N] by where the object's centre lies,
+    the image cut in ``POSITION_BINS`` x ``POSITION_BINS``: float64 [rows (y),
+    columns (x)], NaN where no object falls."""
+    which = np.minimum((result.position * POSITION_BINS).astype(np.int64), POSITION_BINS - 1)
+    grid = np.full((POSITION_BINS, POSITION_BINS), np.nan)
+    for y in range(POSITION_BINS):
+        for x in range(POSITION_BINS):
+            sel = (which[:, 0] == x) & (which[:, 1] == y)
+            if sel.any():
+                grid[y, x] = values[sel].mean()
+    return grid
+
+
 def summarize(result: SelectionResult, max_examples: int = 20) -> dict:
     """The JSON summary of a :class:`SelectionResult` (``analysis.json``)."""
     cfg = result.config
@@ -331,13 +350,7 @@ def summarize(result: SelectionResult, max_examples: int = 20) -> dict:
                     "size": round(float(result.size[j]), 2),
                 }
             )
-        which = np.minimum((result.position * POSITION_BINS).astype(np.int64), POSITION_BINS - 1)
-        grid_mean = np.full((POSITION_BINS, POSITION_BINS), np.nan)
-        for y in range(POSITION_BINS):
-            for x in range(POSITION_BINS):
-                sel = (which[:, 0] == x) & (which[:, 1] == y)
-                if sel.any():
-                    grid_mean[y, x] = pos[sel].mean()
+        grid_mean = position_grid(result, pos)
         level_totals = lev.sum(axis=0)
         top = int(pos.max()) if len(pos) else 0
         selectors[name] = {
@@ -353,8 +366,8 @@ def summarize(result: SelectionResult, max_examples: int = 20) -> dict:
             "levels": {
                 n: float(v) for n, v in zip(names, level_totals / max(level_totals.sum(), 1))
             },
-            "by_size": _by_bins(result.size, SIZE_EDGES, pos, lev),
-            "by_aspect_ratio": _by_bins(result.aspect, ASPECT_EDGES, pos, lev),
+            "by_size": by_bins(result.size, SIZE_EDGES, pos, lev),
+            "by_aspect_ratio": by_bins(result.aspect, ASPECT_EDGES, pos, lev),
             "by_position": [[None if np.isnan(v) else float(v) for v in row] for row in grid_mean],
             "ignored_anchors_per_image": float(result.ignored[name].mean())
             if len(result.ignored[name])
@@ -410,7 +423,7 @@ def headline_check(result: SelectionResult) -> dict:
         if not name.startswith("atss"):
             continue
         pos = result.positives[name]
-        bins = _by_bins(result.size, SIZE_EDGES, pos, result.levels[name])
+        bins = by_bins(result.size, SIZE_EDGES, pos, result.levels[name])
         means = [b["mean_positives"] for b in bins if b["objects"] >= 10]
         out["selectors"][name] = {
             "mean": float(pos.mean()) if len(pos) else None,
