@@ -11,8 +11,11 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def machine_line() -> str:
-    """Date, OS, CPU model and core count, Python and TensorFlow versions."""
+    """Date, OS, CPU model, core count and 16-bit arithmetic flags, Python and
+    TensorFlow versions."""
     import tensorflow as tf
+
+    from atss_tf.training.strategy import NATIVE_CPU_FLAGS, cpu_flags
 
     cpu = "unknown"
     try:
@@ -22,9 +25,11 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
+    flags = cpu_flags() or set()
+    native = sorted({f for names in NATIVE_CPU_FLAGS.values() for f in names} & flags)
     return (
         f"{datetime.date.today().isoformat()}, {platform.platform()}, CPU: {cpu} "
-        f"({os.cpu_count()} cores), Python {platform.python_version()}, TensorFlow {tf.__version__}"
+        f"({os.cpu_count()} cores, 16-bit: {', '.join(native) or 'none'}), Python {platform.python_version()}, TensorFlow {tf.__version__}"
     )
 
 

@@ -69,9 +69,7 @@ def one_variant(overrides: list[str], steps: int, size: int, batch: int) -> dict
         logs = model.train_on_batch(images, targets, return_dict=True)
         times.append(time.perf_counter() - start)
     gpu = tf.config.list_logical_devices("GPU")
-    peak_gpu = (
-        tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpu else None
-    )
+    peak_gpu = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpu else None
     return {
         "times": times,
         "first_step": first,
@@ -100,8 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name in args.variants:
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-                 "--size", str(args.size), "--batch", str(args.batch)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    "--steps",
+                    str(args.steps),
+                    "--size",
+                    str(args.size),
+                    "--batch",
+                    str(args.batch),
+                ],
                 capture_output=True,
                 text=True,
             )
@@ -113,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    base = statistics.median(t for r in results.get("float32", []) for t in r["times"]) if results.get("float32") else None
+    base = (
+        statistics.median(t for r in results.get("float32", []) for t in r["times"])
+        if results.get("float32")
+        else None
+    )
     lines = [
         f"R-50 ATSS train step, {args.size}x{args.size}, batch {args.batch}, GroupNorm head, "
         f"{args.steps} steps x {args.rounds} rounds per variant, each in its own process ({device}).",
