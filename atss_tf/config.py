@@ -249,7 +249,10 @@ class TrainConfig:
     # CPUs with AVX-512 BF16): the network computes in 16 bits, its variables,
     # the input normalisation, losses, targets and post-processing stay float32.
     precision: str = "float32"
-    jit_compile: bool = False
+    # XLA for the train step: true | false | auto (XLA where the replicas are
+    # GPUs, not on CPUs, where the XLA step measured slower; TPUs compile every
+    # step whatever this says). training/strategy.py resolve_jit_compile.
+    jit_compile: bool | str = "auto"
     # Split each step's batch (data.batch_size, the batch the schedule is for)
     # into this many equal chunks, run one after the other with their gradients
     # summed: the memory of a chunk, the update of the whole batch.
@@ -560,6 +563,12 @@ def validate(cfg: Config) -> None:
         "train.accumulate_steps",
         t.accumulate_steps,
         f">= 1 and a divisor of data.batch_size ({cfg.data.batch_size})",
+    )
+    check(
+        isinstance(t.jit_compile, bool) or t.jit_compile == "auto",
+        "train.jit_compile",
+        t.jit_compile,
+        "true | false | auto",
     )
     check(t.steps_per_execution >= 1, "train.steps_per_execution", t.steps_per_execution, ">= 1")
     check(t.strategy in STRATEGIES, "train.strategy", t.strategy, " | ".join(STRATEGIES))

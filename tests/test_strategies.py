@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import tensorflow as tf
 
 from atss_tf import cli
+from atss_tf.config import load_config
 from atss_tf.errors import ConfigError
 from atss_tf.training.strategy import make_strategy, read_tf_config
-from tests.helpers import one_step_config_file
+from tests.helpers import one_step_config_file, tiny_config
 
 TWO_WORKERS = {"worker": ["localhost:20001", "localhost:20002"]}
 
@@ -88,3 +90,35 @@ def test_16_bit_precision_on_a_cpu_without_native_support_warns():
     assert emulated_precision_warning("float32", cpu, flags=plain) is None
     assert cpu_flags("/nonexistent/cpuinfo") is None  # not Linux: no warning, no guess
     assert isinstance(cpu_flags(), (set, type(None)))
+
+
+def _strategy_on(*devices: str):
+    """A stand-in strategy whose replicas sit on ``devices``."""
+    return types.SimpleNamespace(extended=types.SimpleNamespace(worker_devices=devices))
+
+
+def test_jit_compile_auto_is_xla_on_accelerators_and_not_on_cpus():
+    from atss_tf.training.strategy import device_kind, resolve_jit_compile
+
+    cpu = tf.distribute.get_strategy()
+    gpus = _strategy_on("/job:localhost/replica:0/task:0/device:GPU:0", "/device:GPU:1")
+    tpus = _strategy_on("/job:worker/replica:0/task:0/device:TPU:0")
+    assert device_kind(_strategy_on("/device:CPU:0", "/device:CPU:1")) == "CPU"
+    assert (device_kind(gpus), device_kind(tpus)) == ("GPU", "TPU")
+    if not tf.config.list_logical_devices("GPU"):
+        assert device_kind(cpu) == "CPU"
+        assert resolve_jit_compile("auto", cpu) is False
+    assert resolve_jit_compile("auto", gpus) is True
+    assert resolve_jit_compile("auto", tpus) is True
+    assert resolve_jit_compile(True, cpu) is True and resolve_jit_compile(False, gpus) is False
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="checks the CPU default")
+def test_a_default_config_compiles_without_xla_on_the_cpu_and_refuses_other_values():
+    from atss_tf.training.fit import build_training_model
+
+    assert load_config(None).train.jit_compile == "auto"
+    assert build_training_model(tiny_config()).jit_compile is False
+    assert build_training_model(tiny_config(["train.jit_compile=true"])).jit_compile is True
+    with pytest.raises(ConfigError, match=r"train.jit_compile.*true \| false \| auto"):
+        load_config(None, ["train.jit_compile=sometimes"])

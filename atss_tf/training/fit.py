@@ -36,7 +36,11 @@ from atss_tf.training.callbacks import (
 )
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
-from atss_tf.training.strategy import emulated_precision_warning, make_strategy
+from atss_tf.training.strategy import (
+    emulated_precision_warning,
+    make_strategy,
+    resolve_jit_compile,
+)
 
 logger = logging.getLogger("atss_tf")
 
@@ -61,7 +65,8 @@ def make_optimizer(cfg: Config) -> CoupledSGD:
 
 def compile_detector(model: keras.Model, cfg: Config) -> keras.Model:
     """Compile with the official optimizer (mixed precision wraps it in loss
-    scaling), ``cfg.assigner``'s sample selection and ``cfg.loss``."""
+    scaling), ``cfg.assigner``'s sample selection and ``cfg.loss``; called in
+    the strategy's scope, whose devices decide ``train.jit_compile: auto``."""
     optimizer = make_optimizer(cfg)
     if cfg.train.precision == "mixed_float16":  # bfloat16 has float32's range: no scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -71,7 +76,7 @@ def compile_detector(model: keras.Model, cfg: Config) -> keras.Model:
         loss_config=cfg.loss,
         accumulate_steps=cfg.train.accumulate_steps,
         steps_per_execution=cfg.train.steps_per_execution,
-        jit_compile=cfg.train.jit_compile,
+        jit_compile=resolve_jit_compile(cfg.train.jit_compile, tf.distribute.get_strategy()),
     )
     return model
 
@@ -128,11 +133,12 @@ def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = 
     return model
 
 
-# Settings a resumed run may change: how long it runs, how it is evaluated and
-# how its files are read - not what its checkpoints mean.
+# Settings a resumed run may change: how long it runs, how it is evaluated,
+# compiled and how its files are read - not what its checkpoints mean.
 RESUMABLE_KEYS = (
     "train.max_iters",
     "train.eval_every_epochs",
+    "train.jit_compile",
     "data.val_annotations",
     "data.val_images",
     "data.val_tfrecords",

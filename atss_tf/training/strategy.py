@@ -156,19 +156,37 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
     return set()
 
 
+def device_kind(strategy: tf.distribute.Strategy) -> str:
+    """``"CPU"`` when every replica of ``strategy`` runs on a CPU, else the
+    accelerator's kind (``"GPU"`` or ``"TPU"``)."""
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: this process's default device
+        devices = ["GPU:0"] if tf.config.list_logical_devices("GPU") else ["CPU:0"]
+    for kind in ("TPU", "GPU"):
+        if any(kind in d.upper() for d in devices):
+            return kind
+    return "CPU"
+
+
+def resolve_jit_compile(setting: bool | str, strategy: tf.distribute.Strategy) -> bool:
+    """``train.jit_compile`` for ``strategy``: true and false as given; ``auto``
+    is XLA on accelerators and not on CPUs, where the XLA train step of R-50
+    measured 1.3-1.5x slower than TensorFlow's own kernels
+    (``benchmarks/RESULTS.md``: XLA's CPU convolutions and their gradients are
+    slower than oneDNN's)."""
+    if setting == "auto":
+        return device_kind(strategy) != "CPU"
+    return bool(setting)
+
+
 def emulated_precision_warning(
     precision: str, strategy: tf.distribute.Strategy, flags: set[str] | None = None
 ) -> str | None:
     """Why ``precision`` will be slow here, or None: a 16-bit policy on a
     strategy whose devices are CPUs that have no native 16-bit arithmetic
     (TensorFlow then emulates it; measured in ``benchmarks/RESULTS.md``)."""
-    if precision not in NATIVE_CPU_FLAGS:
-        return None
-    try:
-        devices = list(strategy.extended.worker_devices)
-    except RuntimeError:  # the default strategy: this process's default device
-        devices = ["GPU:0"] if tf.config.list_logical_devices("GPU") else ["CPU:0"]
-    if any("CPU" not in d.upper() for d in devices):
+    if precision not in NATIVE_CPU_FLAGS or device_kind(strategy) != "CPU":
         return None
     flags = cpu_flags() if flags is None else flags
     if flags is None or flags & set(NATIVE_CPU_FLAGS[precision]):  # unknown, or native
