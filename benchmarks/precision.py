@@ -1,6 +1,7 @@
 """Train step speed and peak memory by precision, XLA and gradient accumulation.
 
     python benchmarks/precision.py [--steps 5] [--rounds 2] [--size 512] [--batch 2]
+                                   [--official ATSS_CHECKOUT --torch-python PY]
 
 The R-50 ATSS model (80 classes, GroupNorm head, frozen BN) on random images
 of ``size`` x ``size``, batch ``batch``, one train step at a time
@@ -11,6 +12,11 @@ and the table gives the median step time over all rounds and the largest
 peak. On a GPU the variants are measured there too (peak GPU memory from
 ``tf.config.experimental.get_memory_info``). Results are printed and
 appended to benchmarks/RESULTS.md.
+
+With ``--official`` (a checkout of github.com/sfzhang15/ATSS) and
+``--torch-python`` (an interpreter with PyTorch and yacs), the authors' own
+float32 train step on the same data (``benchmarks/official_step.py``) is one
+more variant in every round, and the table gives each variant against it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ VARIANTS = {
     "mixed_float16": ["train.precision=mixed_float16"],
     "float32, accumulate_steps=2": ["train.accumulate_steps=2"],
 }
+OFFICIAL = "official ATSS (PyTorch), float32"
 
 
 def one_variant(overrides: list[str], steps: int, size: int, batch: int) -> dict:
@@ -88,31 +95,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--official", default=None, help="checkout of sfzhang15/ATSS")
+    parser.add_argument("--torch-python", default=None, help="interpreter with PyTorch and yacs")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if (args.official is None) != (args.torch_python is None):
+        parser.error("--official and --torch-python go together")
     if args.one is not None:
         print(json.dumps(one_variant(VARIANTS[args.one], args.steps, args.size, args.batch)))
         return 0
 
-    results: dict[str, list[dict]] = {name: [] for name in args.variants}
+    names = list(args.variants) + ([OFFICIAL] if args.official else [])
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    shape = ["--steps", str(args.steps), "--size", str(args.size), "--batch", str(args.batch)]
     for _ in range(args.rounds):
-        for name in args.variants:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    name,
-                    "--steps",
-                    str(args.steps),
-                    "--size",
-                    str(args.size),
-                    "--batch",
-                    str(args.batch),
-                ],
-                capture_output=True,
-                text=True,
-            )
+        for name in names:
+            if name == OFFICIAL:
+                script = Path(__file__).with_name("official_step.py")
+                command = [args.torch_python, str(script), "--code", args.official, *shape]
+            else:
+                command = [sys.executable, __file__, "--one", name, *shape]
+            proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -121,30 +124,37 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    base = (
-        statistics.median(t for r in results.get("float32", []) for t in r["times"])
-        if results.get("float32")
-        else None
-    )
+
+    def median_step(name: str) -> float | None:
+        runs = results.get(name)
+        return statistics.median(t for r in runs for t in r["times"]) if runs else None
+
+    bases = {"float32": median_step("float32"), "official": median_step(OFFICIAL)}
+    bases = {k: v for k, v in bases.items() if v}
+    gpu = device == "GPU"
     lines = [
         f"R-50 ATSS train step, {args.size}x{args.size}, batch {args.batch}, GroupNorm head, "
-        f"{args.steps} steps x {args.rounds} rounds per variant, each in its own process ({device}).",
+        f"{args.steps} steps x {args.rounds} rounds per variant, each in its own process, "
+        f"variants in turn within a round ({device}).",
         "",
-        "| Variant | s/step (median) | vs float32 | first step (s) | peak RSS (MiB) |"
-        + (" peak GPU (MiB) |" if device == "GPU" else ""),
-        "|---|---|---|---|---|" + ("---|" if device == "GPU" else ""),
+        "| Variant | s/step (median) | "
+        + "".join(f"vs {k} | " for k in bases)
+        + "first step (s) | peak RSS (MiB) |"
+        + (" peak GPU (MiB) |" if gpu else ""),
+        "|---|---|" + "---|" * len(bases) + "---|---|" + ("---|" if gpu else ""),
     ]
     for name, runs in results.items():
         if not runs:
-            lines.append(f"| {name} | failed | | | |")
+            lines.append(f"| {name} | failed |" + " |" * (len(bases) + 2 + gpu))
             continue
-        median = statistics.median(t for r in runs for t in r["times"])
-        ratio = f"{median / base:.2f}x" if base else ""
+        median = median_step(name)
+        ratios = "".join(f" {median / b:.2f}x |" for b in bases.values())
         first = statistics.median(r["first_step"] for r in runs)
         rss = max(r["peak_rss_mib"] for r in runs)
-        row = f"| {name} | {median:.3f} | {ratio} | {first:.1f} | {rss:.0f} |"
-        if device == "GPU":
-            row += f" {max(r['peak_gpu_mib'] for r in runs):.0f} |"
+        row = f"| {name} | {median:.3f} |{ratios} {first:.1f} | {rss:.0f} |"
+        if gpu:
+            peak = [r["peak_gpu_mib"] for r in runs if r["peak_gpu_mib"] is not None]
+            row += f" {max(peak):.0f} |" if peak else " |"
         lines.append(row)
     body = "\n".join(lines)
     print(body)

@@ -1,0 +1,116 @@
+"""One train step of the authors' PyTorch ATSS, timed like ``precision.py``'s variants.
+
+    TORCH_PYTHON benchmarks/official_step.py --code ATSS_CHECKOUT [--steps 5] [--size 512] [--batch 2]
+
+Run by ``benchmarks/precision.py --official ATSS_CHECKOUT --torch-python PY``
+with an interpreter that has PyTorch (CPU) and ``yacs``; this file imports
+neither TensorFlow nor atss_tf. ``ATSS_CHECKOUT`` is a checkout of
+github.com/sfzhang15/ATSS (no build needed): its R-50 1x config, model,
+ATSS loss and SGD optimiser, in train mode on the CPU. Three things are
+patched at import, none of which runs in the timed step's arithmetic:
+
+* ``atss_core._C`` (the CUDA/C++ extension) is a stand-in module: training on
+  the CPU calls none of it (NMS, ROIAlign and DCN are not used).
+* ``numpy.float`` (removed in NumPy 1.24) is ``float`` for the anchor generator.
+* The CPU focal loss indexes ``gamma[0]``/``alpha[0]`` while its caller passes
+  floats; the caller's floats are wrapped in lists.
+
+The images and boxes are drawn with the same generator, seed and order as
+``precision.py``'s, so both sides train on identical data. Prints one JSON
+line: ``times`` (s per step), ``first_step``, ``peak_rss_mib``, ``loss``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import types
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--code", required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+
+    sys.path.insert(0, args.code)
+    extension = types.ModuleType("atss_core._C")
+    extension.nms = extension.ml_nms = None  # bound at import, called only at inference
+    sys.modules["atss_core._C"] = extension
+    sys.modules.setdefault("cv2", types.ModuleType("cv2"))  # keypoint post-processing only
+    import numpy as np
+    import torch
+
+    np.float = float  # noqa: NPY001 (the official anchor generator still uses it)
+    import atss_core.layers.sigmoid_focal_loss as focal
+    from atss_core.config import cfg
+    from atss_core.modeling.detector import build_detection_model
+    from atss_core.solver import make_optimizer
+    from atss_core.structures.bounding_box import BoxList
+    from atss_core.structures.image_list import to_image_list
+
+    cpu_focal = focal.sigmoid_focal_loss_cpu
+    focal.sigmoid_focal_loss_cpu = lambda l, t, g, a: cpu_focal(l, t, [g], [a])
+
+    cfg.merge_from_file(f"{args.code}/configs/atss/atss_R_50_FPN_1x.yaml")
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""])
+    cfg.freeze()
+    torch.manual_seed(0)
+    model = build_detection_model(cfg)
+    model.train()
+    optimizer = make_optimizer(cfg, model)
+
+    size, batch = args.size, args.batch
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    xy = rng.uniform(0, size * 0.75, (batch, 10, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(16, size * 0.4, (batch, 10, 2))], -1)
+    labels = rng.integers(1, 81, (batch, 10))
+    targets = []
+    for b in range(batch):
+        target = BoxList(torch.tensor(boxes[b], dtype=torch.float32), (size, size), mode="xyxy")
+        target.add_field("labels", torch.tensor(labels[b]))
+        targets.append(target)
+    image_list = to_image_list(
+        list(torch.from_numpy(images).permute(0, 3, 1, 2)), cfg.DATALOADER.SIZE_DIVISIBILITY
+    )
+
+    def step() -> float:
+        losses = model(image_list, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    print(
+        json.dumps(
+            {
+                "times": times,
+                "first_step": first,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_gpu_mib": None,
+                "loss": loss,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
