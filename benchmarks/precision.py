@@ -36,14 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results  # noqa: E402
 
+NO_XLA = "train.jit_compile=false"  # explicit: the default (auto) is XLA on GPUs
 VARIANTS = {
-    "float32": [],
+    "float32": [NO_XLA],
     "float32, XLA": ["train.jit_compile=true"],
-    "mixed_bfloat16": ["train.precision=mixed_bfloat16"],
+    "float32, oneDNN off": [NO_XLA],
+    "mixed_bfloat16": ["train.precision=mixed_bfloat16", NO_XLA],
     "mixed_bfloat16, XLA": ["train.precision=mixed_bfloat16", "train.jit_compile=true"],
-    "mixed_float16": ["train.precision=mixed_float16"],
-    "float32, accumulate_steps=2": ["train.accumulate_steps=2"],
+    "mixed_float16": ["train.precision=mixed_float16", NO_XLA],
+    "float32, accumulate_steps=2": ["train.accumulate_steps=2", NO_XLA],
 }
+# XLA's CPU backend has its own convolutions; TensorFlow's kernels call oneDNN.
+# Without oneDNN the plain step shows what the XLA step's kernels cost.
+VARIANT_ENV = {"float32, oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
 OFFICIAL = "official ATSS (PyTorch), float32"
 
 
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 command = [args.torch_python, str(script), "--code", args.official, *shape]
             else:
                 command = [sys.executable, __file__, "--one", name, *shape]
-            proc = subprocess.run(command, capture_output=True, text=True)
+            env = {**os.environ, **VARIANT_ENV.get(name, {})}
+            proc = subprocess.run(command, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
