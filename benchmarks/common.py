@@ -39,3 +39,42 @@ def append_results(title: str, body: str) -> None:
         RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in this folder.\n")
     with RESULTS.open("a", encoding="utf-8") as f:
         f.write(f"\n### {title}\n\n{machine_line()}.\n\n{body.rstrip()}\n")
+
+
+def random_train_batch(size: int, batch: int, objects: int = 10):
+    """The train-step benchmarks' data, the same for every side that draws it:
+    ``images`` float32 [batch, size, size, 3] in 0..255, ``boxes`` float64
+    [batch, objects, 4] (x1, y1, x2, y2 pixels), ``labels`` int64
+    [batch, objects] in 1..80. NumPy only (the PyTorch side imports it too)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    xy = rng.uniform(0, size * 0.75, (batch, objects, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(16, size * 0.4, (batch, objects, 2))], -1)
+    labels = rng.integers(1, 81, (batch, objects))
+    return images, boxes, labels
+
+
+def time_train_steps(step, steps: int) -> dict:
+    """Run ``step()`` (one train step, returns its loss) once for the compile
+    or warm-up (``first_step`` seconds), once more untimed, then ``steps`` times
+    timed (``times``); with the process's peak resident memory so far."""
+    import resource
+    import time
+
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    return {
+        "times": times,
+        "first_step": first,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loss": float(loss),
+    }

@@ -15,8 +15,8 @@ patched at import, none of which runs in the timed step's arithmetic:
 * The CPU focal loss indexes ``gamma[0]``/``alpha[0]`` while its caller passes
   floats; the caller's floats are wrapped in lists.
 
-The images and boxes are drawn with the same generator, seed and order as
-``precision.py``'s, so both sides train on identical data. Prints one JSON
+The images and boxes are ``benchmarks.common.random_train_batch``, as for
+``precision.py``'s variants, so both sides train on identical data. Prints one JSON
 line: ``times`` (s per step), ``first_step``, ``peak_rss_mib``, ``loss``.
 """
 
@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
-import time
 import types
+from pathlib import Path
 
 
 def main() -> int:
@@ -39,6 +38,9 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, args.code)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.common import random_train_batch, time_train_steps
+
     extension = types.ModuleType("atss_core._C")
     extension.nms = extension.ml_nms = None  # bound at import, called only at inference
     sys.modules["atss_core._C"] = extension
@@ -66,11 +68,7 @@ def main() -> int:
     optimizer = make_optimizer(cfg, model)
 
     size, batch = args.size, args.batch
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    xy = rng.uniform(0, size * 0.75, (batch, 10, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(16, size * 0.4, (batch, 10, 2))], -1)
-    labels = rng.integers(1, 81, (batch, 10))
+    images, boxes, labels = random_train_batch(size, batch)
     targets = []
     for b in range(batch):
         target = BoxList(torch.tensor(boxes[b], dtype=torch.float32), (size, size), mode="xyxy")
@@ -88,27 +86,8 @@ def main() -> int:
         optimizer.step()
         return float(loss.detach())
 
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        loss = step()
-        times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "times": times,
-                "first_step": first,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "peak_gpu_mib": None,
-                "loss": loss,
-                "threads": torch.get_num_threads(),
-            }
-        )
-    )
+    result = time_train_steps(step, args.steps)
+    print(json.dumps({**result, "peak_gpu_mib": None, "threads": torch.get_num_threads()}))
     return 0
 
 

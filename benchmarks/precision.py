@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, random_train_batch, time_train_steps  # noqa: E402
 
 NO_XLA = "train.jit_compile=false"  # explicit: the default (auto) is XLA on GPUs
 VARIANTS = {
@@ -61,34 +59,20 @@ def one_variant(overrides: list[str], steps: int, size: int, batch: int) -> dict
     from atss_tf.targets import TargetEncoder
     from atss_tf.training.fit import build_training_model
 
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    boxes = np.zeros((batch, 100, 4), np.float32)
-    xy = rng.uniform(0, size * 0.75, (batch, 10, 2))
-    boxes[:, :10] = np.concatenate([xy, xy + rng.uniform(16, size * 0.4, (batch, 10, 2))], -1)
+    images, xyxy, classes = random_train_batch(size, batch)
+    boxes = np.zeros((batch, 100, 4), np.float32)  # padded to the encoder's max boxes
+    boxes[:, : xyxy.shape[1]] = xyxy
     labels = np.zeros((batch, 100), np.int32)
-    labels[:, :10] = rng.integers(1, 81, (batch, 10))
+    labels[:, : classes.shape[1]] = classes
     cfg = load_config(None, [f"data.batch_size={batch}", *overrides])
     model = build_training_model(cfg)
     targets = TargetEncoder.from_config(cfg, (size, size)).encode_batch(boxes, labels, labels > 0)
-    start = time.perf_counter()
-    model.train_on_batch(images, targets)
-    first = time.perf_counter() - start
-    model.train_on_batch(images, targets)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        logs = model.train_on_batch(images, targets, return_dict=True)
-        times.append(time.perf_counter() - start)
+    result = time_train_steps(
+        lambda: model.train_on_batch(images, targets, return_dict=True)["loss"], steps
+    )
     gpu = tf.config.list_logical_devices("GPU")
     peak_gpu = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpu else None
-    return {
-        "times": times,
-        "first_step": first,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mib": peak_gpu,
-        "loss": float(logs["loss"]),
-    }
+    return {**result, "peak_gpu_mib": peak_gpu}
 
 
 def main(argv: list[str] | None = None) -> int:
