@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -24,7 +24,10 @@ from pycocotools.cocoeval import COCOeval
 from atss_tf import files
 from atss_tf.boxes import xyxy_to_xywh
 from atss_tf.config import Config
+from atss_tf.data.inference_input import with_detector_settings
 from atss_tf.data.pipeline import PADDING_IMAGE_ID
+from atss_tf.data.splits import split_source
+from atss_tf.visualization import make_picture_fn
 
 logger = logging.getLogger("atss_tf")
 
@@ -159,17 +162,15 @@ def evaluate_model(
 def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | None = None):
     """A closure that evaluates ``model`` on the validation set of ``cfg``'s
     data settings (its data report is logged now, once)."""
-    from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
-    from atss_tf.inference import with_model_settings
+    from atss_tf.data.pipeline import build_dataset, load_val_annotations, open_source
 
-    cfg = with_model_settings(cfg, model)
-
-    from_json = cfg.data.val_annotations and not cfg.data.val_tfrecords  # as build_dataset
-    source = load_split(cfg, "val") if from_json else None
+    cfg = with_detector_settings(cfg, model.detector_config)
+    split = split_source(cfg, "val")
+    source = open_source(cfg, split)
     val_ds = build_dataset(cfg, "val", source=source, pad_remainder=True)
-    coco, category_ids = load_val_annotations(cfg)
+    coco, category_ids = load_val_annotations(split, cfg.model.num_classes)
     evaluator = CocoEvaluator(coco, category_ids)
-    num_images = len(source) if source is not None else None
+    num_images = source.num_images
 
     def evaluate_fn() -> dict[str, float]:
         metrics = evaluate_model(model, val_ds, evaluator, num_images)
@@ -178,3 +179,13 @@ def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | N
         return metrics
 
     return evaluate_fn
+
+
+def make_validation(
+    model: keras.Model, cfg: Config, out: str | os.PathLike | None = None
+) -> tuple[Callable[[], dict[str, float]], Callable[[], bytes | None]]:
+    """What training runs on the validation set: ``(evaluate_fn, picture_fn)``,
+    the COCO evaluation of :func:`make_evaluate_fn` (detections written to
+    ``out``) and the TensorBoard picture of
+    :func:`atss_tf.visualization.make_picture_fn`."""
+    return make_evaluate_fn(model, cfg, out), make_picture_fn(model, cfg)

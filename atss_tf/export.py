@@ -56,6 +56,7 @@ from atss_tf.config import (
     ConfigError,
     validate_detector_config,
 )
+from atss_tf.data.inference_input import MIN_RESIZED_SIDE
 from atss_tf.data.tfrecords import _bytes as bytes_feature
 from atss_tf.data.tfrecords import encoded_image_problem, parse_example
 from atss_tf.data.transforms import (
@@ -66,7 +67,7 @@ from atss_tf.data.transforms import (
     transform,
 )
 from atss_tf.errors import UsageError
-from atss_tf.inference import MIN_RESIZED_SIDE
+from atss_tf.model.detector import ATSSDetector
 
 INPUT_TYPES = SERVING_INPUT_TYPES
 INPUT_KEY = "inputs"
@@ -197,8 +198,8 @@ class DetectionServing:
     def _check_size(self, image: tf.Tensor, index: tf.Tensor) -> tf.Operation:
         """Refuse images above the pixel limit (GIF, BMP and tensors are only
         measured here) and slivers whose shorter side the test resize would take
-        below :data:`atss_tf.inference.MIN_RESIZED_SIDE`: the graph form of
-        :func:`atss_tf.inference.check_aspect_ratio`, which ``detect`` applies."""
+        below :data:`atss_tf.data.inference_input.MIN_RESIZED_SIDE`: the graph form of
+        :func:`atss_tf.data.inference_input.check_aspect_ratio`, which ``detect`` applies."""
         shape = tf.cast(tf.shape(image), tf.float64)
         short, long = tf.minimum(shape[0], shape[1]), tf.maximum(shape[0], shape[1])
         scale = tf.minimum(
@@ -472,3 +473,16 @@ def export_saved_model(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _export_serving(self: ATSSDetector, export_dir: str | os.PathLike, **kwargs) -> str:
+    """Write a TF Serving SavedModel to ``export_dir/<version>/``: decoding,
+    test-time resize, the network and NMS inside (keyword arguments and
+    return value: :func:`export_saved_model`). ``export`` (Keras') writes the
+    raw head outputs only."""
+    return export_saved_model(self, export_dir, **kwargs)
+
+
+# The convenience lives with the export, not in the model package (which knows
+# nothing of serving); ``import atss_tf`` imports this module and attaches it.
+ATSSDetector.export_serving = _export_serving

@@ -7,7 +7,6 @@ pixels (continuous xyxy) with contiguous labels 1..C and their names.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from atss_tf import files
-from atss_tf.config import DEFAULT_MAX_PIXELS, Config, TrainConfig
+from atss_tf.config import DEFAULT_MAX_PIXELS, Config
 from atss_tf.data.image_files import check_pixel_limit, read_image_header
+from atss_tf.data.inference_input import check_aspect_ratio, inference_transform
 from atss_tf.data.transforms import TransformConfig, decode_image, transform
 from atss_tf.errors import CheckpointError, DataError, UsageError, first_line
 
@@ -34,7 +34,7 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
             ``config``; the message names the file.
     """
     import atss_tf
-    from atss_tf.model import ATSSDetector
+    from atss_tf.model import ATSSDetector, build_detector
 
     atss_tf.load_api()  # registers every Keras class (the console script defers it)
     path = os.fspath(weights)
@@ -54,10 +54,9 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
     if path.endswith(".weights.h5"):
         if config is None:
             raise UsageError(f"{path} holds weights only: pass --config with the model's config")
-        # Training checkpoints hold optimizer variables too: load into a compiled twin.
-        from atss_tf.training.fit import build_training_model
-
-        model = build_training_model(dataclasses.replace(config, train=TrainConfig()))
+        # A compiled run's file holds optimizer variables too; Keras loads the
+        # model's part into an uncompiled detector and leaves those out.
+        model = build_detector(config)
         try:
             model.load_weights(path)
         except Exception as e:
@@ -124,40 +123,10 @@ def check_detect_input(image: Any, name: str, max_pixels: int = DEFAULT_MAX_PIXE
     return a
 
 
-# Below this shorter side after the test resize, an image is a sliver the
-# detector cannot see into (P3 has stride 8).
-MIN_RESIZED_SIDE = 8
-
-
-def check_aspect_ratio(height: int, width: int, params: TransformConfig, name: str) -> None:
-    """``DataError`` when the test resize leaves the shorter side below
-    :data:`MIN_RESIZED_SIDE` pixels (a 1 x 5000 image), instead of detections
-    on a one-pixel strip."""
-    short, long = min(height, width), max(height, width)
-    scale = min(max(params.min_size) / short, params.max_size / long)
-    if short * scale < MIN_RESIZED_SIDE:
-        raise DataError(
-            f"{name} is {height}x{width} (h x w): after the test resize (longer side at most "
-            f"{params.max_size} px) its shorter side would be {short * scale:.1f} px, below "
-            f"{MIN_RESIZED_SIDE}; "
-            "crop it into tiles of a less extreme aspect ratio"
-        )
-
-
-def with_model_settings(cfg: Config, model: keras.Model) -> Config:
-    """``cfg``'s data settings with ``model``'s own ``model`` and
-    ``postprocess`` sections (normalisation, padding value, class names): how
-    a saved model runs on the data a config names."""
-    dc = model.detector_config
-    return dataclasses.replace(cfg, model=dc.model, postprocess=dc.postprocess)
-
-
 def test_transform(model: keras.Model, config: Config | None = None) -> TransformConfig:
-    """The test-time resize and canvases: the model's own, or ``config``'s
+    """The test-time resize and canvases of ``model``: its own, or ``config``'s
     data settings (with the model's padding value)."""
-    if config is None:
-        return TransformConfig.for_detector(model.detector_config)
-    return TransformConfig.from_config(with_model_settings(config, model), training=False)
+    return inference_transform(model.detector_config, config)
 
 
 def padded_batch_size(count: int, batch_size: int) -> int:

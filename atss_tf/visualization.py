@@ -92,9 +92,10 @@ def make_picture_fn(model: keras.Model, cfg: Config, count: int = 4) -> Callable
     validation images, returning PNG bytes (for TensorBoard; None without
     readable validation images)."""
     from atss_tf.data.pipeline import first_images
+    from atss_tf.data.splits import split_source
     from atss_tf.inference import detect
 
-    images, titles = first_images(cfg, "val", count)
+    images, titles = first_images(split_source(cfg, "val"), count)
 
     def picture_fn() -> bytes | None:
         if not images:

@@ -72,10 +72,12 @@ def test_incompatible_backbones_are_refused(pair):
             copy_keras_resnet_weights(source, ResNetBackbone(**kwargs))
 
 
-def test_build_detector_loads_imagenet_backbone(pair, monkeypatch):
-    """``model.backbone.weights: imagenet`` goes through keras.applications (stubbed offline)."""
+def test_training_model_starts_from_imagenet_backbone(pair, monkeypatch):
+    """``model.backbone.weights: imagenet`` goes through keras.applications (stubbed
+    offline) when the training model is built; a plain detector build loads nothing."""
     from atss_tf import model as model_pkg
     from atss_tf.config import Config
+    from atss_tf.training.fit import build_training_model
     from atss_tf.convert import keras_applications as imagenet
 
     source, _, _ = pair
@@ -88,7 +90,9 @@ def test_build_detector_loads_imagenet_backbone(pair, monkeypatch):
     cfg = Config()
     cfg.model.backbone.weights = "imagenet"
     cfg.model.num_classes = 2
-    detector = model_pkg.build_detector(cfg)
+    model_pkg.build_detector(cfg)
+    assert requested == []
+    detector = build_training_model(cfg)
     assert requested == [(50, "imagenet")]
     np.testing.assert_array_equal(
         np.asarray(detector.backbone.stem_conv1.kernel),

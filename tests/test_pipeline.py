@@ -12,10 +12,11 @@ import tensorflow as tf
 from atss_tf.config import Config
 from atss_tf.data.coco import DataError, load_coco
 from atss_tf.data.pipeline import build_dataset, load_split, load_val_annotations
+from atss_tf.data.splits import split_source
 from atss_tf.data.synthetic import generate_synthetic_coco
 from atss_tf.data.tfrecords import write_tfrecords
 from atss_tf.data.transforms import boxes_to_original
-from tests.helpers import tiny_config
+from tests.helpers.tiny import tiny_config
 
 CANVASES = ((128, 160), (160, 128))
 EMPTY_ID = 99
@@ -33,7 +34,7 @@ def synth(tmp_path_factory):
 
 
 def small_config(paths, canvases=CANVASES) -> Config:
-    """The suite's tiny config (tests/helpers.py) reading ``paths``, multi-scale."""
+    """The suite's tiny config (tests/helpers/tiny.py) reading ``paths``, multi-scale."""
     cfg = tiny_config(
         [
             "data.min_size=[96, 112, 128]",
@@ -128,7 +129,7 @@ def test_val_yields_every_image_once_in_x_only(synth):
 
 def test_val_ground_truth_maps_back_to_the_annotations(synth):
     cfg = small_config(synth)
-    records = {r["image_id"]: r for r in load_split(cfg, "val").records}
+    records = {r["image_id"]: r for r in load_split(split_source(cfg, "val")).records}
     for x, gt in build_dataset(cfg, "val", with_gt=True):
         # evaluation: one size (the largest min_size), no flip
         assert (x["image_info"][:, 1].numpy().min(axis=1) <= 128).all()
@@ -222,7 +223,7 @@ def test_missing_data_settings_are_named():
 
 def test_val_annotations_from_json_or_tfrecords_agree(synth, tmp_path):
     cfg = small_config(synth)
-    coco_json, ids_json = load_val_annotations(cfg)
+    coco_json, ids_json = load_val_annotations(split_source(cfg, "val"), 3)
     assert ids_json == (1, 2, 3)
     full = load_coco(
         synth.annotations, synth.images_dir, training=False, crowd="ignore", max_instances=None
@@ -230,7 +231,7 @@ def test_val_annotations_from_json_or_tfrecords_agree(synth, tmp_path):
     write_tfrecords(full.records, full.category_map, str(tmp_path / "v"), 2)
     cfg.data.val_annotations = None
     cfg.data.val_tfrecords = str(tmp_path / "v-*")
-    coco_tfr, ids_tfr = load_val_annotations(cfg)
+    coco_tfr, ids_tfr = load_val_annotations(split_source(cfg, "val"), 3)
     assert ids_tfr == ids_json
     assert sorted(coco_tfr.getImgIds()) == sorted(coco_json.getImgIds())
     for image_id in coco_json.getImgIds():

@@ -11,6 +11,7 @@ whatever its scale".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -58,40 +59,40 @@ def add_arguments(parser) -> None:
 
 
 def _dataset(args, cfg):
-    from atss_tf.data.coco import load_coco
+    from atss_tf.data.pipeline import load_split, resolve_category_map
+    from atss_tf.data.splits import Cleaning, SplitSource, has_split, split_source
 
-    annotations = args.annotations
-    images = args.images
-    tfrecords = args.tfrecords
-    if not (annotations or tfrecords):
-        annotations, images = cfg.data.train_annotations, cfg.data.train_images
-        tfrecords = None if annotations else cfg.data.train_tfrecords
-    if annotations and tfrecords:
+    if args.annotations and args.tfrecords:
         raise UsageError("give --annotations or --tfrecords, not both")
-    if not (annotations or tfrecords):
+    # Every box the selectors see, with no image checks: the analysis reads the
+    # boxes and image sizes only.
+    cleaning = Cleaning(
+        training=False, crowd="drop", max_instances=None, image_check="none", max_pixels=0
+    )
+    if args.annotations:
+        images = args.images or os.path.dirname(args.annotations)
+        source = SplitSource("train", cleaning, annotations=args.annotations, images=images)
+    elif args.tfrecords:
+        source = SplitSource("train", cleaning, tfrecords=args.tfrecords)
+    elif has_split(cfg, "train"):
+        source = dataclasses.replace(split_source(cfg, "train"), cleaning=cleaning)
+    else:
         raise ConfigError(
             "no dataset: give --annotations (COCO json) or --tfrecords, or a config whose "
             "data.train_annotations or data.train_tfrecords is set"
         )
-    common = dict(
-        training=False,
-        crowd="drop",
-        max_instances=None,
-        image_check="none",
-        max_pixels=0,
-    )
-    if annotations:
-        return load_coco(annotations, images or os.path.dirname(annotations), **common)
+    if source.format == "coco":
+        return load_split(source)
     from atss_tf.data import tfrecords as tfr
-    from atss_tf.data.pipeline import resolve_category_map
 
-    cfg.data.train_tfrecords = tfrecords
-    coco = tfr.coco_from_tfrecords(tfrecords, resolve_category_map(cfg, "train"))
+    coco = tfr.coco_from_tfrecords(
+        source.tfrecords, resolve_category_map(source, cfg.model.num_classes)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "from_tfrecords.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(coco, f)
-        return load_coco(path, tmp, **common)
+        return load_split(SplitSource("train", cleaning, annotations=path, images=tmp))
 
 
 def _picture_images(result, count: int) -> list[int]:

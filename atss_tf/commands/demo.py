@@ -72,6 +72,7 @@ def prepare_demo_config(args, out: Path):
 
 
 def run(args) -> int:
+    from atss_tf.data.splits import split_source
     from atss_tf.inference import detect, read_image
     from atss_tf.progress import fit_verbosity
     from atss_tf.training.fit import train
@@ -92,8 +93,9 @@ def run(args) -> int:
     model = train(cfg, out, verbose=verbose)
     metrics = json.loads((out / "metrics.json").read_text())
 
-    val = json.loads(Path(cfg.data.val_annotations).read_text())
-    files = [Path(cfg.data.val_images) / im["file_name"] for im in val["images"][:8]]
+    val_split = split_source(cfg, "val")
+    val = json.loads(Path(val_split.annotations).read_text())
+    files = [Path(val_split.images) / im["file_name"] for im in val["images"][:8]]
     images = [read_image(f) for f in files]
     save_detection_grid(
         images,

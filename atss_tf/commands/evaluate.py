@@ -25,8 +25,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from atss_tf.data.splits import has_split
+
     cfg = config_from_args(args)
-    if not (cfg.data.val_annotations or cfg.data.val_tfrecords):
+    if not has_split(cfg, "val"):
         raise ConfigError(
             f"{args.config} sets neither data.val_annotations nor data.val_tfrecords: "
             "evaluate needs a validation set"

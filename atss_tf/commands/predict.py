@@ -79,13 +79,8 @@ def run(args) -> int:
     paths = image_paths(args.images)
 
     from atss_tf.config import DEFAULT_MAX_PIXELS
-    from atss_tf.inference import (
-        check_aspect_ratio,
-        detect,
-        load_detector,
-        read_image,
-        test_transform,
-    )
+    from atss_tf.data.inference_input import check_aspect_ratio
+    from atss_tf.inference import detect, load_detector, read_image, test_transform
     from atss_tf.visualization import save_detection_grid
 
     model = load_detector(args.weights, config)

@@ -3,7 +3,10 @@
 Layout: :mod:`~atss_tf.data.coco` (json + images -> records, category map,
 report of drops), :mod:`~atss_tf.data.tfrecords` (TF OD API / Model Garden
 format), :mod:`~atss_tf.data.transforms` (decode, resize, flip, pad to a
-static canvas), :mod:`~atss_tf.data.pipeline` (``build_dataset``),
+static canvas), :mod:`~atss_tf.data.splits` (a split's source and cleaning,
+decided once: :func:`split_source`), :mod:`~atss_tf.data.inference_input`
+(test-time input settings shared by inference, evaluation and export),
+:mod:`~atss_tf.data.pipeline` (``build_dataset``),
 :mod:`~atss_tf.data.synthetic` (shapes dataset).
 """
 
@@ -22,6 +25,7 @@ from atss_tf.data.pipeline import (
     load_val_annotations,
     resolve_category_map,
 )
+from atss_tf.data.splits import Cleaning, SplitSource, has_split, split_source
 from atss_tf.data.synthetic import SyntheticPaths, generate_synthetic_coco
 from atss_tf.data.tfrecords import parse_example, read_tfrecords, scan_report, write_tfrecords
 from atss_tf.data.transforms import (
@@ -36,9 +40,11 @@ from atss_tf.data.transforms import (
 
 __all__ = [
     "CategoryMap",
+    "Cleaning",
     "CocoDataset",
     "DataError",
     "DataReport",
+    "SplitSource",
     "SyntheticPaths",
     "TransformConfig",
     "build_dataset",
@@ -47,6 +53,7 @@ __all__ = [
     "choose_canvas",
     "decode_image",
     "generate_synthetic_coco",
+    "has_split",
     "load_coco",
     "load_split",
     "load_val_annotations",
@@ -58,6 +65,7 @@ __all__ = [
     "resolve_category_map",
     "rgb_pixel_mean",
     "scan_report",
+    "split_source",
     "transform",
     "write_tfrecords",
 ]

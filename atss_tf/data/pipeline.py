@@ -48,80 +48,69 @@ import tensorflow as tf
 
 from atss_tf.data import tfrecords
 from atss_tf.data.coco import CategoryMap, CocoDataset, DataError, load_coco, read_coco_json
+from atss_tf.data.splits import SPLITS, SplitSource, split_source
 from atss_tf.data.transforms import TransformConfig, decode_image, pad_instances, transform
 
 logger = logging.getLogger("atss_tf.data")
 
 PADDING_IMAGE_ID = -1
 EncoderFactory = Callable[[tuple[int, int]], Callable[..., dict[str, tf.Tensor]]]
-SPLITS = ("train", "val")
 
 
-def _split_settings(config, split: str) -> tuple[str | None, str | None, str | None]:
-    data = config.data
-    if split == "train":
-        return data.train_annotations, data.train_images, data.train_tfrecords
-    return data.val_annotations, data.val_images, data.val_tfrecords
-
-
-def resolve_category_map(config, split: str = "train") -> CategoryMap:
-    """The category map of a split: from its annotations json if configured,
+def resolve_category_map(source: SplitSource, num_classes: int) -> CategoryMap:
+    """The category map of a split: from its annotations json if it has one,
     else from ``PREFIX.categories.json`` beside its TFRecords, else ids
-    ``1..model.num_classes`` (logged as a warning)."""
-    annotations, _, pattern = _split_settings(config, split)
-    if annotations:
-        return CategoryMap.from_coco(read_coco_json(annotations)["categories"])
-    if pattern:
-        found = tfrecords.find_category_map(pattern)
-        if found is not None:
-            return found
+    ``1..num_classes`` (logged as a warning)."""
+    if source.annotations:
+        return CategoryMap.from_coco(read_coco_json(source.annotations)["categories"])
+    found = tfrecords.find_category_map(source.tfrecords)
+    if found is not None:
+        return found
     logger.warning(
         "no categories for the %s split (no annotations json, no .categories.json beside the "
         "TFRecords): assuming category ids 1..%d",
-        split,
-        config.model.num_classes,
+        source.split,
+        num_classes,
     )
-    return CategoryMap.identity(config.model.num_classes)
+    return CategoryMap.identity(num_classes)
 
 
-def load_split(config, split: str = "train", **kwargs: Any) -> CocoDataset:
-    """:func:`load_coco` of ``data.{split}_annotations`` / ``_images`` with the
-    config's crowd mode and ``max_instances`` (training skips empty images)."""
-    annotations, images, _ = _split_settings(config, split)
-    if not annotations or not images:
-        raise DataError(f"data.{split}_annotations and data.{split}_images must both be set")
+def load_split(source: SplitSource) -> CocoDataset:
+    """:func:`load_coco` of a split's json and image folder with its cleaning
+    (training skips empty images)."""
+    if not (source.annotations and source.images):
+        raise DataError(
+            f"data.{source.split}_annotations and data.{source.split}_images must both be set"
+        )
+    c = source.cleaning
     return load_coco(
-        annotations,
-        images,
-        training=split == "train",
-        crowd=config.data.crowd,
-        max_instances=config.data.max_instances,
-        image_check=config.data.image_check,
-        bad_images=config.data.bad_images,
-        max_pixels=config.data.max_image_pixels,
-        **kwargs,
+        source.annotations,
+        source.images,
+        training=c.training,
+        crowd=c.crowd,
+        max_instances=c.max_instances,
+        image_check=c.image_check,
+        bad_images=c.bad_images,
+        max_pixels=c.max_pixels,
     )
 
 
-def load_val_annotations(config) -> tuple[Any, tuple[int, ...]]:
-    """Ground truth for COCO evaluation of the val split.
+def load_val_annotations(source: SplitSource, num_classes: int) -> tuple[Any, tuple[int, ...]]:
+    """Ground truth for COCO evaluation of a split.
 
     Returns:
-        ``(coco, category_ids)``: a ``pycocotools.coco.COCO`` of
-        ``data.val_annotations`` (or, without a json, rebuilt from
-        ``data.val_tfrecords``), and the dataset category id of each label:
-        ``category_ids[label - 1]``.
+        ``(coco, category_ids)``: a ``pycocotools.coco.COCO`` of the split's
+        annotations json (or, without one, rebuilt from its TFRecords), and
+        the dataset category id of each label: ``category_ids[label - 1]``.
     """
     from pycocotools.coco import COCO
 
-    if config.data.val_annotations:
-        data = read_coco_json(config.data.val_annotations)
+    if source.annotations:
+        data = read_coco_json(source.annotations)
         category_map = CategoryMap.from_coco(data["categories"])
-    elif config.data.val_tfrecords:
-        category_map = resolve_category_map(config, "val")
-        data = tfrecords.coco_from_tfrecords(config.data.val_tfrecords, category_map)
     else:
-        raise DataError("data.val_annotations or data.val_tfrecords must be set for evaluation")
+        category_map = resolve_category_map(source, num_classes)
+        data = tfrecords.coco_from_tfrecords(source.tfrecords, category_map)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -261,7 +250,7 @@ def _encode(
 
 @dataclass
 class Source:
-    """Where a split's images come from, as per-image elements (no pixels yet).
+    """A split opened for reading, as per-image elements (no pixels yet).
 
     Attributes:
         elements: a dataset of light per-image elements.
@@ -272,76 +261,80 @@ class Source:
             ``is_crowd`` bool ``[n]``.
         category_map: dataset category ids <-> labels.
         shuffle_buffer: elements to shuffle over in training.
+        num_images: the images it yields once (known for a json; None for TFRecords).
     """
 
     elements: tf.data.Dataset
     load: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
     category_map: CategoryMap
     shuffle_buffer: int
+    num_images: int | None = None
 
 
 def open_source(
     config,
-    split: str,
-    source: CocoDataset | str | None = None,
+    source: SplitSource,
     category_map: CategoryMap | None = None,
     seed: int = 0,
     scan_tfrecords: bool = False,
 ) -> Source:
-    """The :class:`Source` of a split: a loaded :class:`CocoDataset`, a TFRecord
-    glob, or by default ``data.{split}_tfrecords`` if set, else the split's
-    COCO json and images.
+    """Open a split for reading: its TFRecords or its COCO json and images, by
+    the rule of :mod:`atss_tf.data.splits`.
 
     Raises:
         DataError: no usable training image, or a category count that differs
             from ``model.num_classes``.
     """
-    training = split == "train"
-    data = config.data
-    if source is None:
-        _, _, pattern = _split_settings(config, split)
-        source = pattern if pattern else load_split(config, split)
-    if isinstance(source, CocoDataset):
-        if training and not len(source):
+    training, cleaning = source.training, source.cleaning
+    if source.format == "coco":
+        dataset = load_split(source)
+        if training and not len(dataset):
             raise DataError(
-                f"no usable training image in {source.annotations_path}: {source.report.summary()}"
+                f"no usable training image in {dataset.annotations_path}: "
+                f"{dataset.report.summary()}"
             )
         # JSON-sourced elements hold no pixels: shuffle the whole split like the
         # official sampler.
         result = Source(
-            _records_dataset(source), _load_coco_element, source.category_map, len(source)
+            _records_dataset(dataset),
+            _load_coco_element,
+            dataset.category_map,
+            len(dataset),
+            num_images=len(dataset),
         )
     else:
-        files = tfrecords.match_files(source)
-        category_map = category_map or resolve_category_map(config, split)
+        files = tfrecords.match_files(source.tfrecords)
+        category_map = category_map or resolve_category_map(source, config.model.num_classes)
         if scan_tfrecords:
             tfrecords.scan_report(
                 files,
                 category_map,
                 training=training,
-                crowd=data.crowd,
-                max_instances=data.max_instances,
+                crowd=cleaning.crowd,
+                max_instances=cleaning.max_instances,
             ).log(logger)
         else:
             logger.info(
                 "%s: %d TFRecord files; crowd=%s, empty images %s, boxes beyond %d truncated, "
                 "in the pipeline (scan_tfrecords=True counts them)",
-                source,
+                source.tfrecords,
                 len(files),
-                data.crowd,
+                cleaning.crowd,
                 "skipped" if training else "kept",
-                data.max_instances,
+                cleaning.max_instances,
             )
         elements = _tfrecord_records(
-            files, category_map, data.crowd, training, seed, data.max_image_pixels
+            files, category_map, cleaning.crowd, training, seed, cleaning.max_pixels
         )
         if training and next(iter(elements.take(1)), None) is None:
             raise DataError(
-                f"no usable training image in {source} ({len(files)} files): every record "
-                "lacks a non-crowd box or a readable image"
+                f"no usable training image in {source.tfrecords} ({len(files)} files): every "
+                "record lacks a non-crowd box or a readable image"
             )
         # TFRecord elements hold encoded images: a bounded buffer.
-        result = Source(elements, _load_tfrecord_element, category_map, data.shuffle_buffer)
+        result = Source(
+            elements, _load_tfrecord_element, category_map, config.data.shuffle_buffer
+        )
     if result.category_map.num_classes != config.model.num_classes:
         raise DataError(
             f"the dataset has {result.category_map.num_classes} categories but "
@@ -417,7 +410,7 @@ def build_dataset(
     split: str = "train",
     encoder_factory: EncoderFactory | None = None,
     *,
-    source: CocoDataset | str | None = None,
+    source: SplitSource | Source | str | None = None,
     category_map: CategoryMap | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
@@ -439,8 +432,10 @@ def build_dataset(
         encoder_factory: ``factory((Hc, Wc)) -> encoder`` called once per
             canvas; ``encoder(gt_boxes [M, 4], gt_labels [M], gt_mask [M])``
             returns a dict of per-image tensors, run in the pipeline per image.
-        source: a loaded :class:`CocoDataset`, or a TFRecord glob (see
-            :func:`open_source`).
+        source: the split's :class:`~atss_tf.data.splits.SplitSource`
+            (default :func:`~atss_tf.data.splits.split_source` of ``config``),
+            a :class:`Source` opened already (:func:`open_source`), or a
+            TFRecord glob read with the config's cleaning.
         category_map: for TFRecords (default :func:`resolve_category_map`).
         seed: default ``config.train.seed``.
         batch_size: default ``config.data.batch_size`` (the global batch).
@@ -467,7 +462,13 @@ def build_dataset(
     params = TransformConfig.from_config(config, training)
     parallel = tf.data.AUTOTUNE if data.num_parallel_calls < 0 else data.num_parallel_calls
 
-    src = open_source(config, split, source, category_map, seed, scan_tfrecords)
+    if isinstance(source, str):
+        source = SplitSource.tfrecords_of(config, split, source)
+    if not isinstance(source, Source):
+        source = open_source(
+            config, source or split_source(config, split), category_map, seed, scan_tfrecords
+        )
+    src = source
     ds = src.elements
     if training:
         ds = ds.shuffle(max(src.shuffle_buffer, 1), seed=seed, reshuffle_each_iteration=True)
@@ -495,30 +496,30 @@ def build_dataset(
     return ds.with_options(options)
 
 
-def first_images(config, split: str = "val", count: int = 4) -> tuple[list[np.ndarray], list[str]]:
+def first_images(source: SplitSource, count: int = 4) -> tuple[list[np.ndarray], list[str]]:
     """The first ``count`` decoded images of a split (uint8 RGB) and their names,
-    from its annotations json or its TFRecords, skipping unreadable files."""
+    from its TFRecords or its json's image folder, skipping unreadable files."""
     from atss_tf.data.image_files import check_image_file
 
-    annotations, images_dir, pattern = _split_settings(config, split)
+    max_pixels = source.cleaning.max_pixels
     out, names = [], []
-    if annotations and images_dir:
-        data = read_coco_json(annotations)
+    if source.format == "coco":
+        data = read_coco_json(source.annotations)
         for im in data["images"]:
-            path = os.path.join(images_dir, im["file_name"])
+            path = os.path.join(source.images, im["file_name"])
             try:
-                check_image_file(path, max_pixels=config.data.max_image_pixels)
+                check_image_file(path, max_pixels=max_pixels)
             except DataError:
                 continue
             out.append(decode_image(tf.io.read_file(path), path).numpy())
             names.append(im["file_name"])
             if len(out) == count:
                 break
-    elif pattern:
-        ds = tf.data.TFRecordDataset(tfrecords.match_files(pattern)).map(tfrecords.parse_example)
-        for p in ds:
+    else:
+        ds = tf.data.TFRecordDataset(tfrecords.match_files(source.tfrecords))
+        for p in ds.map(tfrecords.parse_example):
             problem = tfrecords.encoded_image_problem(
-                p["encoded"], p["height"], p["width"], config.data.max_image_pixels
+                p["encoded"], p["height"], p["width"], max_pixels
             )
             if problem.numpy():
                 continue

@@ -177,15 +177,6 @@ class ATSSDetector(keras.Model):
         self.accumulate_steps = int(accumulate_steps)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def export_serving(self, export_dir, **kwargs):
-        """Write a TF Serving SavedModel to ``export_dir/<version>/``: decoding,
-        test-time resize, the network and NMS inside (keyword arguments and
-        return value: :func:`atss_tf.export.export_saved_model`). ``export``
-        (Keras') writes the raw head outputs only."""
-        from atss_tf.export import export_saved_model
-
-        return export_saved_model(self, export_dir, **kwargs)
-
     def get_compile_config(self) -> None:
         # The compile config would put the optimizer and its learning-rate
         # schedule into every .keras file; a model file carries only the model.
@@ -491,11 +482,9 @@ def canvas_size(images) -> tuple[int, int]:
 def build_detector(
     config: Config | DetectorConfig, input_shape: Sequence[int | None] | None = None
 ) -> ATSSDetector:
-    """Build an :class:`ATSSDetector` with all weights created.
-
-    With ``model.backbone.weights == "imagenet"`` the backbone is initialised
-    from keras.applications ResNet50/101 (downloaded by Keras on first use;
-    see :mod:`atss_tf.convert.keras_applications`).
+    """Build an :class:`ATSSDetector` with all weights created (freshly
+    initialised: ``model.backbone.weights: imagenet`` is loaded by
+    :func:`atss_tf.training.fit.build_training_model`, where training starts).
 
     Args:
         config: a training :class:`~atss_tf.config.Config` (its
@@ -509,8 +498,4 @@ def build_detector(
         config = config.detector_config()
     model = ATSSDetector(config)
     model.build(tuple(input_shape) if input_shape is not None else (None, None, None, 3))
-    if config.model.backbone.weights == "imagenet":
-        from atss_tf.convert.keras_applications import load_imagenet_backbone
-
-        load_imagenet_backbone(model.backbone)
     return model

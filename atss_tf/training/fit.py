@@ -26,7 +26,11 @@ import tensorflow as tf
 from atss_tf import files
 from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
 from atss_tf.data.coco import CategoryMap
-from atss_tf.evaluation import make_evaluate_fn
+
+# The one arrow up the layers: a run evaluates its model on the validation set
+# during and after fit, with the COCO evaluator that `atss-tf evaluate` uses
+# (it lives above training and inference, beside export).
+from atss_tf.evaluation import make_validation
 from atss_tf.training.callbacks import (
     CocoEvalCallback,
     ResumableCheckpoint,
@@ -120,7 +124,10 @@ def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = 
     """Build and compile the detector (and its optimizer variables) in
     ``strategy``'s scope; with ``train.precision`` ``mixed_float16`` or
     ``mixed_bfloat16`` its layers compute in 16 bits (the global dtype policy
-    is left as it was)."""
+    is left as it was). With ``model.backbone.weights: imagenet`` the
+    backbone starts from keras.applications' ResNet50/101 (downloaded by
+    Keras on first use; :mod:`atss_tf.convert.keras_applications`)."""
+    from atss_tf.convert.keras_applications import load_imagenet_backbone
     from atss_tf.model import build_detector
 
     strategy = strategy or tf.distribute.get_strategy()
@@ -128,6 +135,8 @@ def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = 
     policy = precision if precision != "float32" else keras.config.dtype_policy().name
     with strategy.scope(), dtype_policy(policy):
         model = build_detector(cfg)
+        if cfg.model.backbone.weights == "imagenet":
+            load_imagenet_backbone(model.backbone)
         compile_detector(model, cfg)
         model.optimizer.build(model.trainable_variables)
     return model
@@ -200,10 +209,10 @@ def train(
         DataError: no usable training data.
         CheckpointError: a checkpoint cannot be written (the previous one is kept).
     """
-    from atss_tf.data.pipeline import build_dataset, load_split, resolve_category_map
+    from atss_tf.data.pipeline import build_dataset, open_source
+    from atss_tf.data.splits import has_split, split_source
     from atss_tf.progress import fit_verbosity
     from atss_tf.targets import TargetEncoder
-    from atss_tf.visualization import make_picture_fn
 
     # Multi-worker and TPU strategies configure the runtime: before any other op.
     strategy = strategy or make_strategy(cfg.train.strategy)
@@ -223,18 +232,15 @@ def train(
     keras.utils.set_random_seed(cfg.train.seed)
     # A resumed run sees a new (still reproducible) stream of images.
     initial_epoch = int(latest["epoch"]) if latest else 0
-    if cfg.data.train_tfrecords:
-        source, category_map = None, resolve_category_map(cfg, "train")
-    else:
-        source = load_split(cfg, "train")
-        category_map = source.category_map
+    seed = cfg.train.seed + initial_epoch
+    source = open_source(cfg, split_source(cfg, "train"), seed=seed)
+    category_map = source.category_map
     train_ds = build_dataset(
         cfg,
         "train",
         encoder_factory=lambda size: TargetEncoder.from_config(cfg, size),
         source=source,
-        category_map=category_map,
-        seed=cfg.train.seed + initial_epoch,
+        seed=seed,
     )
     files.makedirs(written)
     if chief:
@@ -255,17 +261,14 @@ def train(
         StopOnNaN(),
     ]
     evaluate_fn = picture_fn = None
-    if (
-        cfg.data.val_annotations or cfg.data.val_tfrecords
-    ) and cfg.train.strategy == "multi_worker":
+    if has_split(cfg, "val") and cfg.train.strategy == "multi_worker":
         logger.warning(
             "train.strategy=multi_worker does not evaluate during training: evaluate "
             "%s with atss-tf evaluate when it ends.",
             files.join(out, "model.keras"),
         )
-    elif cfg.data.val_annotations or cfg.data.val_tfrecords:
-        evaluate_fn = make_evaluate_fn(model, cfg, out)
-        picture_fn = make_picture_fn(model, cfg)
+    elif has_split(cfg, "val"):
+        evaluate_fn, picture_fn = make_validation(model, cfg, out)
         if cfg.train.eval_every_epochs > 0:
             all_callbacks.append(
                 CocoEvalCallback(evaluate_fn, cfg.train.eval_every_epochs, picture_fn, log)
