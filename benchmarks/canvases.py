@@ -1,6 +1,6 @@
 """First-step (trace + compile) and steady train-step time per canvas of a config.
 
-    python benchmarks/canvases.py [--config configs/atss_r50_fpn_1x_coco.yaml]
+    python -m benchmarks.canvases [--config configs/atss_r50_fpn_1x_coco.yaml]
                                   [--batch 1] [--steps 2] [--jit]
 
 For every canvas of the config, in order: the first ``train_on_batch`` (trace,
@@ -18,23 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/atss_r50_fpn_1x_coco.yaml")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--jit", action="store_true", help="compile the steps with XLA")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import keras
     import numpy as np
@@ -109,7 +106,7 @@ def main() -> None:
     title = f"Per-canvas train steps: {args.config}, batch {args.batch}, {mode} (CPU)"
     print(title)
     print(body)
-    append_results(title, body)
+    append_results(title, body, argv)
 
 
 if __name__ == "__main__":

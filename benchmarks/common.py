@@ -1,13 +1,37 @@
-"""What every benchmark shares: the machine line and appending to RESULTS.md."""
+"""What every benchmark shares: the machine line, the command line and appending
+to RESULTS.md; the train-step data and timing loop.
+
+Every benchmark is a module of this package, run from the repository root as
+``python -m benchmarks.NAME``; one that starts another benchmark in a
+subprocess does so the same way (``module_command``), with ``cwd=ROOT``.
+"""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def module_command(name: str, *args: str, python: str | None = None) -> list[str]:
+    """``[python, "-m", "benchmarks.NAME", *args]`` (default: this interpreter),
+    to run with ``cwd`` at the root of the checkout that holds the benchmark."""
+    return [python or sys.executable, "-m", f"benchmarks.{name}", *args]
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The benchmark's command as ``python -m benchmarks.NAME ARGS``: the module
+    that runs as ``__main__`` and ``argv`` (default ``sys.argv[1:]``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None else f"benchmarks.{Path(sys.argv[0]).stem}"
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", "-m", module, *args])
 
 
 def machine_line() -> str:
@@ -33,12 +57,16 @@ def machine_line() -> str:
     )
 
 
-def append_results(title: str, body: str) -> None:
-    """Append ``### title`` + the machine line + ``body`` to RESULTS.md."""
+def append_results(title: str, body: str, argv: list[str] | None = None) -> None:
+    """Append ``### title``, the machine line (date first), the command
+    (``command_line(argv)``) and ``body`` to RESULTS.md."""
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in this folder.\n")
     with RESULTS.open("a", encoding="utf-8") as f:
-        f.write(f"\n### {title}\n\n{machine_line()}.\n\n{body.rstrip()}\n")
+        f.write(
+            f"\n### {title}\n\n{machine_line()}.\n\nCommand: `{command_line(argv)}`.\n\n"
+            f"{body.rstrip()}\n"
+        )
 
 
 def random_train_batch(size: int, batch: int, objects: int = 10):

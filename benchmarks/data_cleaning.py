@@ -1,6 +1,6 @@
 """Ground-truth cleaning and the input pipeline: this checkout next to another, in one run.
 
-    python benchmarks/data_cleaning.py --base /path/to/other/checkout [--rounds 3]
+    python -m benchmarks.data_cleaning --base /path/to/other/checkout [--rounds 3]
 
 For each checkout (a separate process with its own ``PYTHONPATH``), rounds
 in ABBA order:
@@ -9,8 +9,8 @@ in ABBA order:
    ``--images`` images with 7.3 annotations each on average (COCO train2017's
    ratio), 1% crowd, 2% degenerate and 3% partly outside the image: the
    json reading and the box cleaning, milliseconds (best of 3);
-2. the input pipeline on one CPU core (``benchmarks/pipeline.py
-   --pipeline-only``), images/s.
+2. the input pipeline on one CPU core (``python -m benchmarks.pipeline
+   --pipeline-only`` in that checkout), images/s.
 
 Medians are printed and appended to benchmarks/RESULTS.md.
 """
@@ -26,11 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import append_results  # noqa: E402
-from benchmarks.input_checks import load, pipeline  # noqa: E402
+from benchmarks.common import ROOT, append_results
+from benchmarks.input_checks import load, pipeline
 
 
 def coco_like_json(path: Path, num_images: int, seed: int = 0) -> int:
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     body = "\n".join(rows) + f"\n\nMedians of {args.rounds} rounds in ABBA order; ranges {spread}."
     print(body)
-    append_results(f"Ground-truth cleaning: {args.base_name} vs this checkout (CPU)", body)
+    append_results(f"Ground-truth cleaning: {args.base_name} vs this checkout (CPU)", body, argv)
     return 0
 
 

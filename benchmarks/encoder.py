@@ -1,6 +1,6 @@
 """Target encoder speed: windowed ATSS next to a dense A x M ATSS, one CPU thread.
 
-    python benchmarks/encoder.py [--size 1024] [--boxes 100] [--batch 8] [--repeats 50]
+    python -m benchmarks.encoder [--size 1024] [--boxes 100] [--batch 8] [--repeats 50]
 
 Both encoders are XLA-compiled, warmed up, and timed on the same random
 COCO-like boxes (median of repeats): one image per call, a batch per call,
@@ -16,7 +16,6 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,8 +28,6 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 
 from atss_tf.config import Config  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, append_results  # noqa: E402
 
 
@@ -125,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{title}\n{note}{table}")
     if not args.no_append:
-        append_results(title, note + table)
+        append_results(title, note + table, argv)
         print(f"appended to {RESULTS}")
     return 0
 

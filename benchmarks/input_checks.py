@@ -1,12 +1,12 @@
 """What the bad-input checks cost: this checkout next to another one, in one run.
 
-    python benchmarks/input_checks.py --base /path/to/other/checkout [--rounds 3]
+    python -m benchmarks.input_checks --base /path/to/other/checkout [--rounds 3]
 
 For each checkout (a separate process with its own ``PYTHONPATH``), rounds
 alternating:
 
-1. the input pipeline on one CPU core (``benchmarks/pipeline.py
-   --pipeline-only``: decode + resize/flip/pad + ATSS encode), images/s;
+1. the input pipeline on one CPU core (``python -m benchmarks.pipeline
+   --pipeline-only`` in that checkout: decode + resize/flip/pad + ATSS encode), images/s;
 2. loading a COCO split of 2000 synthetic 640x480 JPEGs into records
    (``load_coco(training=True)``, which now includes the quick image check),
    milliseconds;
@@ -29,10 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import ROOT, append_results, module_command
 
 LOAD_SNIPPET = """
 import json, sys, time
@@ -62,9 +59,10 @@ def _env(checkout: Path) -> dict:
 
 
 def pipeline(checkout: Path, images: int) -> float:
+    """Images/s of ``checkout``'s own ``benchmarks.pipeline --pipeline-only``
+    (run as a module from that checkout's root, which older checkouts allow too)."""
     proc = subprocess.run(
-        [sys.executable, str(checkout / "benchmarks" / "pipeline.py"), "--pipeline-only",
-         "--images", str(images)],
+        module_command("pipeline", "--pipeline-only", "--images", str(images)),
         capture_output=True, text=True, check=True, env=_env(checkout), cwd=checkout,
     )  # fmt: skip
     return json.loads(proc.stdout.strip().splitlines()[-1])["images_per_second"]
@@ -102,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checkouts = {args.base_name: Path(args.base).resolve(), "this checkout": ROOT}
 
-    sys.path.insert(0, str(ROOT))
     from atss_tf.data.synthetic import generate_synthetic_coco
 
     results: dict[str, dict[str, list[float]]] = {
@@ -135,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\n\nMedians of {args.rounds} rounds in ABBA order; pipeline images/s ranged {spread}."
     )
     print(body)
-    append_results(f"Cost of the bad-input checks: {args.base_name} vs this checkout (CPU)", body)
+    append_results(
+        f"Cost of the bad-input checks: {args.base_name} vs this checkout (CPU)", body, argv
+    )
     return 0
 
 

@@ -1,10 +1,13 @@
 """One train step of the authors' PyTorch ATSS, timed like ``precision.py``'s variants.
 
-    TORCH_PYTHON benchmarks/official_step.py --code ATSS_CHECKOUT [--steps 5] [--size 512] [--batch 2]
+    TORCH_PYTHON -m benchmarks.official_step --code ATSS_CHECKOUT [--steps 5] [--size 512] [--batch 2]
 
-Run by ``benchmarks/precision.py --official ATSS_CHECKOUT --torch-python PY``
-with an interpreter that has PyTorch (CPU) and ``yacs``; this file imports
-neither TensorFlow nor atss_tf. ``ATSS_CHECKOUT`` is a checkout of
+Run by ``python -m benchmarks.precision --official ATSS_CHECKOUT --torch-python PY``
+as ``PY -m benchmarks.official_step`` from the repository root, with an
+interpreter that has PyTorch (CPU) and ``yacs`` but need not have atss_tf:
+this file imports neither TensorFlow nor atss_tf, only ``benchmarks.common``
+(found in the current directory, the repository root; it imports NumPy
+only). ``ATSS_CHECKOUT`` is a checkout of
 github.com/sfzhang15/ATSS (no build needed): its R-50 1x config, model,
 ATSS loss and SGD optimiser, in train mode on the CPU. Three things are
 patched at import, none of which runs in the timed step's arithmetic:
@@ -26,7 +29,8 @@ import argparse
 import json
 import sys
 import types
-from pathlib import Path
+
+from benchmarks.common import random_train_batch, time_train_steps
 
 
 def main() -> int:
@@ -37,9 +41,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
 
+    # The authors' package is not installed: atss_core is imported from the checkout.
     sys.path.insert(0, args.code)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.common import random_train_batch, time_train_steps
 
     extension = types.ModuleType("atss_core._C")
     extension.nms = extension.ml_nms = None  # bound at import, called only at inference

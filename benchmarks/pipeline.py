@@ -1,6 +1,6 @@
 """Input pipeline and train step speed.
 
-    python benchmarks/pipeline.py [--images 48] [--steps 5]
+    python -m benchmarks.pipeline [--images 48] [--steps 5]
 
 1. Input pipeline on ONE CPU core (a subprocess with one TF thread and
    sequential tf.data maps): decode JPEG + resize/flip/pad + ATSS target
@@ -23,12 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import ROOT, append_results, module_command  # noqa: E402
 
 
 def pipeline_images_per_second(num_images: int) -> dict:
@@ -133,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     proc = subprocess.run(
-        [sys.executable, __file__, "--pipeline-only", "--images", str(args.images)],
+        module_command("pipeline", "--pipeline-only", "--images", str(args.images)),
         capture_output=True,
         text=True,
         check=True,
+        cwd=ROOT,
     )
     pipe = json.loads(proc.stdout.strip().splitlines()[-1])
     step = train_step_seconds(args.steps)
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(body)
-    append_results("Input pipeline and R-50 train step (CPU)", body)
+    append_results("Input pipeline and R-50 train step (CPU)", body, argv)
     return 0
 
 

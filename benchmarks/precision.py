@@ -1,6 +1,6 @@
 """Train step speed and peak memory by precision, XLA and gradient accumulation.
 
-    python benchmarks/precision.py [--steps 5] [--rounds 2] [--size 512] [--batch 2]
+    python -m benchmarks.precision [--steps 5] [--rounds 2] [--size 512] [--batch 2]
                                    [--official ATSS_CHECKOUT --torch-python PY]
 
 The R-50 ATSS model (80 classes, GroupNorm head, frozen BN) on random images
@@ -15,7 +15,7 @@ appended to benchmarks/RESULTS.md.
 
 With ``--official`` (a checkout of github.com/sfzhang15/ATSS) and
 ``--torch-python`` (an interpreter with PyTorch and yacs), the authors' own
-float32 train step on the same data (``benchmarks/official_step.py``) is one
+float32 train step on the same data (``PY -m benchmarks.official_step``) is one
 more variant in every round, and the table gives each variant against it.
 """
 
@@ -30,9 +30,14 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results, random_train_batch, time_train_steps  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    append_results,
+    module_command,
+    random_train_batch,
+    time_train_steps,
+)
 
 NO_XLA = "train.jit_compile=false"  # explicit: the default (auto) is XLA on GPUs
 VARIANTS = {
@@ -94,18 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one_variant(VARIANTS[args.one], args.steps, args.size, args.batch)))
         return 0
 
+    if args.official is not None:
+        # The subprocesses run at the repository root: a relative path given
+        # from elsewhere still names the same checkout and interpreter.
+        args.official = str(Path(args.official).resolve())
+        if os.sep in args.torch_python:
+            args.torch_python = str(Path(args.torch_python).absolute())
     names = list(args.variants) + ([OFFICIAL] if args.official else [])
     results: dict[str, list[dict]] = {name: [] for name in names}
     shape = ["--steps", str(args.steps), "--size", str(args.size), "--batch", str(args.batch)]
     for _ in range(args.rounds):
         for name in names:
             if name == OFFICIAL:
-                script = Path(__file__).with_name("official_step.py")
-                command = [args.torch_python, str(script), "--code", args.official, *shape]
+                command = module_command(
+                    "official_step", "--code", args.official, *shape, python=args.torch_python
+                )
             else:
-                command = [sys.executable, __file__, "--one", name, *shape]
+                command = module_command("precision", "--one", name, *shape)
             env = {**os.environ, **VARIANT_ENV.get(name, {})}
-            proc = subprocess.run(command, capture_output=True, text=True, env=env)
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(row)
     body = "\n".join(lines)
     print(body)
-    append_results(f"Train step by precision, XLA and accumulation ({device})", body)
+    append_results(f"Train step by precision, XLA and accumulation ({device})", body, argv)
     return 0
 
 

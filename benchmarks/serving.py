@@ -1,6 +1,6 @@
 """The exported SavedModel against ``detect`` (``model.predict_on_batch``) on the same images.
 
-    python benchmarks/serving.py [--weights MODEL.keras] [--config configs/atss_r50_fpn_1x_coco.yaml]
+    python -m benchmarks.serving [--weights MODEL.keras] [--config configs/atss_r50_fpn_1x_coco.yaml]
                                  [--images 8] [--rounds 3]
 
 Default model: the authors' R-50 fixture checkpoint converted here (random
@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import ROOT, append_results  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "official_atss_r50"
 
@@ -52,13 +49,13 @@ def make_images(count: int) -> list[bytes]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help=".keras model (default: the fixture)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "atss_r50_fpn_1x_coco.yaml"))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import tensorflow as tf
 
@@ -140,7 +137,7 @@ def main() -> None:
         "optimisation (SavedModel) or the trace of each canvas (detect)."
     )
     print(body)
-    append_results(f"Serving: SavedModel vs detect, R-50, {device}", body)
+    append_results(f"Serving: SavedModel vs detect, R-50, {device}", body, argv)
 
 
 if __name__ == "__main__":
