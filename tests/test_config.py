@@ -121,3 +121,140 @@ def test_renamed_keys_of_older_files_still_load(tmp_path, caplog):
     assert load_config(path).train.precision == "float32"
     with pytest.raises(ConfigError, match="train.precision='bf16'.*mixed_bfloat16"):
         load_config(None, ["train.precision=bf16"])
+
+
+def _settings(cls, prefix=""):
+    """``(dotted key, dataclass field)`` of every setting under ``cls`` (not its sections)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _settings(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+@pytest.mark.parametrize("root", ["Config", "DetectorConfig"])
+def test_every_setting_declares_its_check(root):
+    """A new setting cannot forget its validation: each one names a check
+    (``Free`` for those that need none), and each ``Related`` one has a rule."""
+    from atss_tf import config
+    from atss_tf.config.checks import Check, Related, check_of
+    from atss_tf.config.validation import RULES
+
+    cls = getattr(config, root)
+    keys = []
+    for key, f in _settings(cls):
+        check = check_of(f)
+        assert isinstance(check, Check), f"{root} setting {key} declares no check"
+        assert check.expected, key
+        if isinstance(check, Related):
+            assert any(r.key == key and cls in r.roots for r in RULES), f"no rule checks {key}"
+        keys.append(key)
+    assert len(keys) >= (80 if root == "Config" else 40)
+
+
+def test_a_setting_without_a_check_is_refused_by_the_walker():
+    import dataclasses
+
+    from atss_tf.config.validation import problems
+
+    @dataclasses.dataclass
+    class Forgot:
+        size: int = 3
+
+    with pytest.raises(TypeError, match="config setting size declares no check"):
+        problems(Forgot())
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (  # choices
+            "assigner.type=magic",
+            "invalid config value assigner.type='magic' (expected one of "
+            "('atss', 'atss_dense', 'iou', 'fcos', 'fcos_center', 'topk'))",
+        ),
+        ("train.precision=bf16", "train.precision='bf16' (expected float32 | mixed_float16 |"),
+        ("model.backbone.weights=coco", "weights='coco' (expected null or 'imagenet')"),
+        ("model.backbone.depth=51", "depth=51 (expected 18, 34, 50 or 101)"),
+        ("train.jit_compile=often", "train.jit_compile='often' (expected true | false | auto)"),
+        # ranges: closed, open, one-sided, with a note, or one special value
+        ("loss.focal_alpha=1.5", "loss.focal_alpha=1.5 (expected in [0, 1])"),
+        ("model.head.prior_prob=1", "model.head.prior_prob=1.0 (expected in (0, 1))"),
+        ("train.momentum=1", "train.momentum=1.0 (expected in [0, 1))"),
+        ("postprocess.nms_iou=0", "postprocess.nms_iou=0.0 (expected in (0, 1])"),
+        ("train.base_lr=.inf", "train.base_lr=inf (expected > 0)"),
+        ("assigner.topk=0", "invalid config value assigner.topk=0 (expected >= 1)"),
+        ("data.max_image_pixels=-1", "data.max_image_pixels=-1 (expected >= 0 (0: no limit))"),
+        (
+            "data.num_parallel_calls=0",
+            "data.num_parallel_calls=0 (expected >= 1, or -1 for tf.data.AUTOTUNE)",
+        ),
+        # tuple shapes
+        ("model.anchors.strides=[]", "model.anchors.strides=() (expected positive strides)"),
+        ("model.pixel_std=[1, 0, 1]", "model.pixel_std=(1.0, 0.0, 1.0) (expected positive values)"),
+        ("data.min_size=[]", "data.min_size=() (expected one or more positive sizes)"),
+        ("train.lr_steps=[3, 2]", "(3, 2) (expected strictly increasing positive steps)"),
+        (
+            "data.canvases=[[100, 128]]",
+            "data.canvases=((100, 128),) (expected one or more (height, width) pairs, "
+            "positive multiples of 32)",
+        ),
+        # rules across settings
+        (
+            "model.head.channels=30",
+            "model.head.group_norm_groups=32 (expected a divisor of model.head.channels=30)",
+        ),
+        ("data.max_size=700", "data.max_size=700 (expected >= the largest data.min_size (800))"),
+        (
+            "train.accumulate_steps=3",
+            "train.accumulate_steps=3 (expected >= 1 and a divisor of data.batch_size (16))",
+        ),
+    ],
+)
+def test_declared_checks_name_the_key_and_the_value(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_every_problem_is_listed_in_the_order_of_the_settings():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.max_iters=0", "model.num_classes=0", "data.batch_size=0"])
+    assert str(e.value) == (
+        "3 invalid config values: model.num_classes=0 (expected >= 1); "
+        "data.batch_size=0 (expected >= 1); train.max_iters=0 (expected >= 1)"
+    )
+
+
+def test_check_messages():
+    from atss_tf.config.checks import Free, Items, MultipleOf, OneOf, OrValue, Range
+
+    assert Range(gt=0, le=1).expected == "in (0, 1]"
+    assert Range(lt=5).expected == "< 5"
+    assert not Range(ge=0).accepts(float("nan")) and Range(gt=0).accepts(float("inf"))
+    assert not Range(gt=0, finite=True).accepts(float("inf"))
+    assert not Range(ge=0).accepts("ten")
+    assert OneOf((True, False, "auto"), form="bar").expected == "true | false | auto"
+    assert not OneOf((True, False, "auto")).accepts(1)  # a switch is not a number
+    assert Items(MultipleOf(32), "sides", min_len=2).accepts((32, 64))
+    assert not Items(MultipleOf(32), "sides", min_len=2).accepts((32,))
+    assert Items(Range(ge=0, le=1), "scores").expected == "scores, each in [0, 1]"
+    assert OrValue(Range(ge=1), None, "no limit").expected == ">= 1, or null for no limit"
+    assert Free("a path").accepts(object())
+
+
+def test_detector_config_problems_name_its_own_keys():
+    from atss_tf.config import validate_detector_config
+
+    dc = Config().detector_config()
+    validate_detector_config(dc)
+    dc.test_size, dc.max_size = 0, 0
+    with pytest.raises(ConfigError, match=r"test_size=0 \(expected >= 1\)"):
+        validate_detector_config(dc)
+    dc.test_size = 900
+    with pytest.raises(ConfigError, match=r"^invalid config value max_size=0 .*test_size \(900\)"):
+        validate_detector_config(dc)
