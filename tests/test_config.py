@@ -247,14 +247,16 @@ def test_check_messages():
     assert Free("a path").accepts(object())
 
 
-def test_detector_config_problems_name_its_own_keys():
+def test_detector_config_problems_name_the_keys_a_user_sets():
     from atss_tf.config import validate_detector_config
 
     dc = Config().detector_config()
     validate_detector_config(dc)
     dc.test_size, dc.max_size = 0, 0
-    with pytest.raises(ConfigError, match=r"test_size=0 \(expected >= 1\)"):
+    with pytest.raises(ConfigError, match=r"data.min_size=\(0,\) \(expected one or more positive"):
         validate_detector_config(dc)
     dc.test_size = 900
-    with pytest.raises(ConfigError, match=r"^invalid config value max_size=0 .*test_size \(900\)"):
+    with pytest.raises(
+        ConfigError, match=r"^invalid config value data.max_size=0 .*min_size \(900\)"
+    ):
         validate_detector_config(dc)

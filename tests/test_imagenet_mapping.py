@@ -77,8 +77,8 @@ def test_training_model_starts_from_imagenet_backbone(pair, monkeypatch):
     offline) when the training model is built; a plain detector build loads nothing."""
     from atss_tf import model as model_pkg
     from atss_tf.config import Config
-    from atss_tf.training.fit import build_training_model
     from atss_tf.convert import keras_applications as imagenet
+    from atss_tf.training.fit import build_training_model
 
     source, _, _ = pair
     requested = []

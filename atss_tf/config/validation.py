@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atss_tf.config.checks import check_of, problem
-from atss_tf.config.schema import FCOS_ASSIGNERS, Config, DetectorConfig
+from atss_tf.config.schema import FCOS_ASSIGNERS, Config, DataConfig, DetectorConfig
 from atss_tf.errors import ConfigError
 
 Root = Config | DetectorConfig
@@ -229,4 +229,8 @@ def validate_detector_config(dc: DetectorConfig) -> None:
             f"{', '.join(unset)} unset in a detector config: build it with "
             "Config(...).detector_config(), which resolves official_compat"
         )
-    _raise(problems(dc))
+    # Checked as the training config it came from, so that every message names
+    # the key a user sets (data.min_size, data.max_size, data.canvases: what
+    # `atss-tf export --min-size/--max-size/--canvases` change).
+    data = DataConfig(min_size=(dc.test_size,), max_size=dc.max_size, canvases=dc.canvases)
+    _raise(problems(Config(model=dc.model, postprocess=dc.postprocess, data=data)))

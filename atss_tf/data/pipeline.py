@@ -332,9 +332,7 @@ def open_source(
                 "record lacks a non-crowd box or a readable image"
             )
         # TFRecord elements hold encoded images: a bounded buffer.
-        result = Source(
-            elements, _load_tfrecord_element, category_map, config.data.shuffle_buffer
-        )
+        result = Source(elements, _load_tfrecord_element, category_map, config.data.shuffle_buffer)
     if result.category_map.num_classes != config.model.num_classes:
         raise DataError(
             f"the dataset has {result.category_map.num_classes} categories but "
