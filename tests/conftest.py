@@ -1,82 +1,41 @@
-"""Shared test helpers: the official fixtures and small configs."""
+"""The suite's shared pytest fixtures (and nothing else).
+
+Helpers, references and constants live in ``tests/helpers/`` and are imported
+from there by name (``from tests.helpers.fixtures import fixture_path``); no
+test imports this file.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from atss_tf.boxes import from_inclusive
+from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path, load_fixture
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "official_atss_r50"
-
-
-def fixture_path(name: str) -> Path:
-    """A file of the official fixtures folder (the test skips, naming it, if absent)."""
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"official fixture {path} is absent (expected ../shared beside the repo)")
-    return path
-
-
-def _load_fixture(name: str):
-    return np.load(fixture_path(name), allow_pickle=True)
 
 
 @pytest.fixture(scope="session")
 def official_outputs():
     """``official_outputs.npz``: the authors' model run on a 512x512 photo."""
-    return _load_fixture("official_outputs.npz")
+    return load_fixture("official_outputs.npz")
 
 
 @pytest.fixture(scope="session")
 def official_assignments():
     """``official_assignments.npz``: official per-anchor assignments, 640x800 canvas."""
-    return _load_fixture("official_assignments.npz")
-
-
-# The same weights in torch's two on-disk formats: zip (PyTorch >= 1.6) and the
-# legacy stream the authors' 2019 model zoo was written in.
-OFFICIAL_CHECKPOINTS = {
-    "zip": "official_random_fp16.pth",
-    "legacy": "official_legacy_format.pth",
-}
+    return load_fixture("official_assignments.npz")
 
 
 @pytest.fixture(scope="session")
 def official_checkpoint() -> Path:
+    """The official weights, zip format (``OFFICIAL_CHECKPOINTS["zip"]``)."""
     return fixture_path(OFFICIAL_CHECKPOINTS["zip"])
 
 
 @pytest.fixture(scope="session")
 def official_legacy_checkpoint() -> Path:
+    """The same weights in torch's legacy stream format."""
     return fixture_path(OFFICIAL_CHECKPOINTS["legacy"])
-
-
-def inclusive_to_continuous(boxes: np.ndarray) -> np.ndarray:
-    """Official inclusive-pixel boxes -> this project's continuous boxes (+1 on x2, y2)."""
-    return from_inclusive(np.array(boxes, dtype=np.float32))
-
-
-LEVELS = (3, 4, 5, 6, 7)
-
-
-def fixture_head_outputs(npz, num_classes: int = 80) -> dict[str, np.ndarray]:
-    """Official NCHW per-level head outputs -> ``[1, A, n]`` in anchor order."""
-
-    def flat(prefix: str, n: int) -> np.ndarray:
-        return np.concatenate(
-            [npz[f"{prefix}_p{lvl}"].transpose(0, 2, 3, 1).reshape(1, -1, n) for lvl in LEVELS],
-            axis=1,
-        )
-
-    return {
-        "cls_logits": flat("cls_logits", num_classes),
-        "box_regression": flat("bbox_reg", 4),
-        "centerness": flat("centerness", 1),
-    }

@@ -17,7 +17,7 @@ from atss_tf.anchors import generate_anchors
 from atss_tf.config import load_config
 from atss_tf.data.coco import load_coco
 from atss_tf.data.synthetic import generate_synthetic_coco
-from tests.reference_atss import pairwise_iou, reference_atss
+from tests.helpers.reference_atss import pairwise_iou, reference_atss
 
 CANVAS = 256
 # Image side, box in image pixels. Images of 512 are resized by 1/2 for training.

@@ -5,7 +5,7 @@ import pytest
 
 from atss_tf.anchors import generate_anchors, level_shape
 from atss_tf.config import AnchorConfig, Config
-from tests.conftest import inclusive_to_continuous
+from tests.helpers.fixtures import inclusive_to_continuous
 
 
 def test_level_shapes_follow_ceil_halving():

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import keras
@@ -24,27 +22,10 @@ from atss_tf.data.tfrecords import match_files, read_tfrecords, scan_report, wri
 from atss_tf.errors import CheckpointError
 from atss_tf.inference import detect, load_detector, read_image
 from atss_tf.model import build_detector
-from tests.helpers import one_step_config_file, tiny_config, with_synthetic_data
+from tests.helpers.images import write_huge_png
+from tests.helpers.tiny import one_step_config_file, tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_huge_png(path: Path, height: int = 20000, width: int = 20000) -> Path:
-    """A real, valid gray PNG of ``height x width`` pixels, about 0.4 MB on disk
-    (decoded to RGB it would take 1.2 GB)."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    comp = zlib.compressobj(1)
-    row = b"\0" * (width + 1)  # filter byte + pixels
-    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def photo(path: Path, size=(48, 64), seed=0) -> Path:

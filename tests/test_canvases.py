@@ -9,19 +9,9 @@ from atss_tf.data.pipeline import build_dataset
 from atss_tf.inference import detect, padded_batch_size
 from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model
-from tests.helpers import tiny_config
-from tests.journeys import SPARSE_CATEGORIES, make_dataset
-
-# Landscape, portrait and (for the larger multi-scale size) square canvases.
-CANVASES = [(96, 128), (128, 96), (128, 128)]
-THREE_CANVASES = [
-    f"data.canvases={[list(c) for c in CANVASES]}",
-    "data.min_size=[96, 128]",
-    "data.max_size=128",
-    "data.batch_size=2",
-    # An untrained head scores about 0.01: keep its boxes so predictions can be compared.
-    "postprocess.score_threshold=0.001",
-]
+from tests.helpers.journeys import SPARSE_CATEGORIES, make_dataset
+from tests.helpers.tiny import THREE_CANVAS_SIZES as CANVASES
+from tests.helpers.tiny import THREE_CANVASES, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import atss_tf
 from atss_tf import cli
 from atss_tf.config import save_config
 from atss_tf.model import build_detector
-from tests.helpers import one_step_config_file, tiny_config, with_synthetic_data
+from tests.helpers.tiny import one_step_config_file, tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo_shapes.yaml")

@@ -13,7 +13,7 @@ import pytest
 
 from atss_tf import cli
 from atss_tf.model import LEVELS, ATSSDetector
-from tests.conftest import OFFICIAL_CHECKPOINTS, fixture_path, inclusive_to_continuous
+from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path, inclusive_to_continuous
 
 TOLERANCE = 1e-4  # norm(diff) / norm(ref) per tensor (fixture README)
 

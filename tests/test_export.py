@@ -20,10 +20,10 @@ from atss_tf.config import save_config
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.export import OUTPUT_KEYS, WARMUP_FILE
 from atss_tf.inference import detect, load_detector, read_image
-from tests.conftest import OFFICIAL_CHECKPOINTS, fixture_path, inclusive_to_continuous
-from tests.helpers import tiny_config
-from tests.journeys import README, SPARSE_CATEGORIES, make_dataset, readme_commands
-from tests.test_bad_files import write_huge_png
+from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path, inclusive_to_continuous
+from tests.helpers.images import write_huge_png
+from tests.helpers.journeys import README, SPARSE_CATEGORIES, make_dataset, readme_commands
+from tests.helpers.tiny import tiny_config
 
 SECTION = "Serve with TF Serving"
 CANVASES = [(96, 128), (128, 96), (128, 128)]

@@ -29,8 +29,8 @@ from pycocotools.cocoeval import COCOeval
 from atss_tf import cli
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS
 from atss_tf.evaluation import METRIC_NAMES
-from tests.conftest import OFFICIAL_CHECKPOINTS, fixture_path
-from tests.journeys import (
+from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path
+from tests.helpers.journeys import (
     COCO_CATEGORIES,
     CONFIGS,
     ROOT,

@@ -16,8 +16,8 @@ from atss_tf.anchors import generate_anchors
 from atss_tf.boxes import BoxCoder
 from atss_tf.config import Config
 from atss_tf.losses import atss_losses, sigmoid_focal_loss
-from tests.conftest import fixture_head_outputs, inclusive_to_continuous
-from tests.helpers import loss_args
+from tests.helpers.fixtures import fixture_head_outputs, inclusive_to_continuous
+from tests.helpers.tiny import loss_args
 
 LOSS_KEYS = (
     ("cls_loss", "loss_cls"),

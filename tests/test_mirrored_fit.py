@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_script(name: str, tmp_path) -> dict:
-    """Run ``tests/<name>`` in a fresh process (2 logical CPUs need a new TF); its json line."""
+    """Run ``tests/scripts/<name>`` in a fresh process (2 logical CPUs need a new TF); its json line."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / name), str(tmp_path)],
+        [sys.executable, str(ROOT / "tests" / "scripts" / name), str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -21,20 +21,20 @@ from atss_tf.model import (
     build_detector,
 )
 from atss_tf.model.file_format import FORMAT_VERSION
-from tests import helpers
+from tests.helpers import tiny
 
 CANVAS = (128, 160)
 
 
 def tiny_config(**anchors) -> Config:
-    """The suite's tiny config (tests/helpers.py) with two tower convs, the stem and
+    """The suite's tiny config (tests/helpers/tiny.py) with two tower convs, the stem and
     stage 1 frozen, and ``anchors``."""
     overrides = ["model.head.num_convs=2", "model.backbone.freeze_at=2"]
     overrides += [
         f"model.anchors.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
         for k, v in anchors.items()
     ]
-    return helpers.tiny_config(overrides)
+    return tiny.tiny_config(overrides)
 
 
 def images(batch: int = 2, size=CANVAS, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ from atss_tf.errors import CheckpointError
 from atss_tf.inference import load_detector
 from atss_tf.model import ATSSDetector, build_detector
 from atss_tf.model.file_format import FORMAT_VERSION
-from tests.helpers import tiny_config
+from tests.helpers.tiny import tiny_config
 
 ASSETS = Path(__file__).parent / "assets"
 V0_1 = ASSETS / "detector_v0_1.keras"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "multi_worker_script.py"
+SCRIPT = ROOT / "tests" / "scripts" / "multi_worker_script.py"
 TIME_LIMIT_S = 420
 
 

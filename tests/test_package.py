@@ -10,7 +10,7 @@ from pathlib import Path
 
 import atss_tf
 from atss_tf.model import build_detector
-from tests.helpers import tiny_config
+from tests.helpers.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

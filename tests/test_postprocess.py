@@ -10,8 +10,8 @@ from atss_tf.anchors import generate_anchors
 from atss_tf.boxes import coder_for_model
 from atss_tf.config import Config
 from atss_tf.postprocess import class_aware_nms, postprocess
-from tests.conftest import fixture_head_outputs, inclusive_to_continuous
-from tests.helpers import postprocess_args
+from tests.helpers.fixtures import fixture_head_outputs, inclusive_to_continuous
+from tests.helpers.tiny import postprocess_args
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from atss_tf import files
 from atss_tf.config import load_config, save_config
 from atss_tf.errors import ConfigError, DataError
 from atss_tf.training.fit import train
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 
 @pytest.fixture(scope="module")

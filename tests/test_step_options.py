@@ -11,7 +11,7 @@ from atss_tf.config import ConfigError
 from atss_tf.data.pipeline import build_dataset
 from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 # Learning rate 1 on every variable, no decay, no momentum history: the update is the gradient.
 PLAIN_SGD = [

@@ -12,7 +12,7 @@ from atss_tf import cli
 from atss_tf.config import load_config
 from atss_tf.errors import ConfigError
 from atss_tf.training.strategy import make_strategy, read_tf_config
-from tests.helpers import one_step_config_file, tiny_config
+from tests.helpers.tiny import one_step_config_file, tiny_config
 
 TWO_WORKERS = {"worker": ["localhost:20001", "localhost:20002"]}
 

@@ -21,8 +21,8 @@ from atss_tf.model import build_detector
 from atss_tf.model.head import ATSSHead
 from atss_tf.postprocess import postprocess
 from atss_tf.targets import TargetEncoder
-from tests.helpers import loss_args, postprocess_args, tiny_config
-from tests.reference_atss import pairwise_iou, reference_atss
+from tests.helpers.reference_atss import pairwise_iou, reference_atss
+from tests.helpers.tiny import loss_args, postprocess_args, tiny_config
 
 # A flat box whose edges lie on P3 anchor-centre rows (y = 100 and 108): no
 # P3 centre is strictly inside it, yet 64-pixel anchors there overlap it well.

@@ -14,7 +14,7 @@ import pytest
 
 from atss_tf.config import Config
 from atss_tf.targets import SELECTORS, TargetEncoder
-from tests.conftest import inclusive_to_continuous
+from tests.helpers.fixtures import inclusive_to_continuous
 
 SINGLE_ANCHOR_CASES = [
     "atss_k9",

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from atss_tf.config import Config
 from atss_tf.targets import TargetEncoder, atss
-from tests.reference_atss import grid_centers, reference_atss, reference_fcos
+from tests.helpers.reference_atss import grid_centers, reference_atss, reference_fcos
 
 
 def random_boxes(rng: np.random.Generator, canvas: tuple[int, int], n: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from atss_tf.convert import (
     load_state_dict,
     official_weight_map,
 )
-from tests.helpers import tiny_config
+from tests.helpers.tiny import tiny_config
 
 # --------------------------------------------------------------------------- #
 # A minimal torch.save writer: stand-in objects pickled under torch's names.

@@ -22,7 +22,7 @@ from atss_tf.data.pipeline import build_dataset
 from atss_tf.evaluation import make_evaluate_fn
 from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model, train
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

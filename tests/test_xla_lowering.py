@@ -25,8 +25,8 @@ import tensorflow as tf
 from atss_tf.config import load_config, to_dict
 from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model
-from tests.conftest import ROOT
-from tests.journeys import SMALL_BACKBONE
+from tests.helpers.fixtures import ROOT
+from tests.helpers.journeys import SMALL_BACKBONE
 
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
 # No download at test time: ImageNet weights only change the variables' values.

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from atss_tf.data.pipeline import build_dataset  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
 from atss_tf.training.fit import build_training_model, make_strategy  # noqa: E402
-from tests.helpers import tiny_config, with_synthetic_data  # noqa: E402
+from tests.helpers.tiny import tiny_config, with_synthetic_data  # noqa: E402
 
 # lr 1 on every variable, no decay, no momentum history: the update is the gradient.
 cfg = tiny_config(

@@ -1,4 +1,4 @@
-"""Tiny configs and synthetic data for end-to-end tests."""
+"""The suite's tiny config, its variants and synthetic data for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ TINY_OVERRIDES = [
     "train.steps_per_epoch=5",
     "train.max_iters=10",
     "train.lr_steps=[1000]",
+]
+
+
+# Landscape, portrait and (for the larger multi-scale size) square canvases.
+THREE_CANVAS_SIZES = [(96, 128), (128, 96), (128, 128)]
+# Overrides of the tiny config: multi-scale training over THREE_CANVAS_SIZES.
+THREE_CANVASES = [
+    f"data.canvases={[list(c) for c in THREE_CANVAS_SIZES]}",
+    "data.min_size=[96, 128]",
+    "data.max_size=128",
+    "data.batch_size=2",
+    # An untrained head scores about 0.01: keep its boxes so predictions can be compared.
+    "postprocess.score_threshold=0.001",
 ]
 
 

@@ -19,9 +19,8 @@ import numpy as np  # noqa: E402
 from atss_tf.data.pipeline import build_dataset  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
 from atss_tf.training.fit import build_training_model, make_strategy  # noqa: E402
-from tests.helpers import tiny_config  # noqa: E402
-from tests.journeys import SPARSE_CATEGORIES, make_dataset  # noqa: E402
-from tests.test_canvases import THREE_CANVASES  # noqa: E402
+from tests.helpers.journeys import SPARSE_CATEGORIES, make_dataset  # noqa: E402
+from tests.helpers.tiny import THREE_CANVASES, tiny_config  # noqa: E402
 
 data = make_dataset(Path(sys.argv[1]), SPARSE_CATEGORIES, n_train=24, n_val=8)
 cfg = tiny_config([*THREE_CANVASES, "train.warmup_iters=0"])

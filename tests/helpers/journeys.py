@@ -15,8 +15,8 @@ from pathlib import Path
 from atss_tf.config import load_config
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.data.synthetic import generate_synthetic_coco
+from tests.helpers.fixtures import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CONFIGS = sorted(
     str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.is_file()

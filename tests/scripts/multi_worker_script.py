@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from atss_tf.training.fit import train
-from tests.helpers import tiny_config, with_synthetic_data
+from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 data_dir, out_dir, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 cfg = tiny_config(
