@@ -6,7 +6,7 @@ layers, the optimizer and its schedule) with Keras, so
 
 The data flow, one module (or package) per step::
 
-    config.py        load_config("configs/....yaml", ["key=value"])   -> Config
+    config/          load_config("configs/....yaml", ["key=value"])   -> Config
     data/            sources (COCO json + images, TFRecords) -> one parsed
                      example -> cleaning.py -> transforms (resize, flip, pad to a
                      canvas) -> pipeline.build_dataset: tf.data per canvas
