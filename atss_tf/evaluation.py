@@ -26,7 +26,7 @@ from atss_tf.boxes import xyxy_to_xywh
 from atss_tf.config import Config
 from atss_tf.data.inference_input import with_detector_settings
 from atss_tf.data.pipeline import PADDING_IMAGE_ID
-from atss_tf.data.splits import split_source
+from atss_tf.data.splits import SplitSource, split_source
 from atss_tf.visualization import make_picture_fn
 
 logger = logging.getLogger("atss_tf")
@@ -159,13 +159,19 @@ def evaluate_model(
     return evaluator.evaluate()
 
 
-def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | None = None):
+def make_evaluate_fn(
+    model: keras.Model,
+    cfg: Config,
+    out: str | os.PathLike | None = None,
+    split: SplitSource | None = None,
+):
     """A closure that evaluates ``model`` on the validation set of ``cfg``'s
-    data settings (its data report is logged now, once)."""
+    data settings (``split``: that set, resolved already); its data report is
+    logged now, once."""
     from atss_tf.data.pipeline import build_dataset, load_val_annotations, open_source
 
+    split = split or split_source(cfg, "val")
     cfg = with_detector_settings(cfg, model.detector_config)
-    split = split_source(cfg, "val")
     source = open_source(cfg, split)
     val_ds = build_dataset(cfg, "val", source=source, pad_remainder=True)
     coco, category_ids = load_val_annotations(split, cfg.model.num_classes)
@@ -182,10 +188,10 @@ def make_evaluate_fn(model: keras.Model, cfg: Config, out: str | os.PathLike | N
 
 
 def make_validation(
-    model: keras.Model, cfg: Config, out: str | os.PathLike | None = None
+    model: keras.Model, cfg: Config, split: SplitSource, out: str | os.PathLike | None = None
 ) -> tuple[Callable[[], dict[str, float]], Callable[[], bytes | None]]:
-    """What training runs on the validation set: ``(evaluate_fn, picture_fn)``,
-    the COCO evaluation of :func:`make_evaluate_fn` (detections written to
-    ``out``) and the TensorBoard picture of
+    """What training runs on the validation set ``split``: ``(evaluate_fn,
+    picture_fn)``, the COCO evaluation of :func:`make_evaluate_fn` (detections
+    written to ``out``) and the TensorBoard picture of
     :func:`atss_tf.visualization.make_picture_fn`."""
-    return make_evaluate_fn(model, cfg, out), make_picture_fn(model, cfg)
+    return make_evaluate_fn(model, cfg, out, split), make_picture_fn(model, split)

@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
-from atss_tf.config import Config
-
 
 def draw_detections(
     image: np.ndarray,
@@ -87,15 +85,14 @@ def save_detection_grid(
     plt.close(fig)
 
 
-def make_picture_fn(model: keras.Model, cfg: Config, count: int = 4) -> Callable[[], bytes | None]:
-    """A closure drawing ``model``'s detections on the first ``count``
-    validation images, returning PNG bytes (for TensorBoard; None without
-    readable validation images)."""
+def make_picture_fn(model: keras.Model, split, count: int = 4) -> Callable[[], bytes | None]:
+    """A closure drawing ``model``'s detections on the first ``count`` images
+    of ``split`` (a :class:`~atss_tf.data.splits.SplitSource`), returning PNG
+    bytes (for TensorBoard; None without readable images)."""
     from atss_tf.data.pipeline import first_images
-    from atss_tf.data.splits import split_source
     from atss_tf.inference import detect
 
-    images, titles = first_images(split_source(cfg, "val"), count)
+    images, titles = first_images(split, count)
 
     def picture_fn() -> bytes | None:
         if not images:

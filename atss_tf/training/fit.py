@@ -234,6 +234,7 @@ def train(
     initial_epoch = int(latest["epoch"]) if latest else 0
     seed = cfg.train.seed + initial_epoch
     source = open_source(cfg, split_source(cfg, "train"), seed=seed)
+    val_split = split_source(cfg, "val") if has_split(cfg, "val") else None
     category_map = source.category_map
     train_ds = build_dataset(
         cfg,
@@ -261,14 +262,14 @@ def train(
         StopOnNaN(),
     ]
     evaluate_fn = picture_fn = None
-    if has_split(cfg, "val") and cfg.train.strategy == "multi_worker":
+    if val_split is not None and cfg.train.strategy == "multi_worker":
         logger.warning(
             "train.strategy=multi_worker does not evaluate during training: evaluate "
             "%s with atss-tf evaluate when it ends.",
             files.join(out, "model.keras"),
         )
-    elif has_split(cfg, "val"):
-        evaluate_fn, picture_fn = make_validation(model, cfg, out)
+    elif val_split is not None:
+        evaluate_fn, picture_fn = make_validation(model, cfg, val_split, out)
         if cfg.train.eval_every_epochs > 0:
             all_callbacks.append(
                 CocoEvalCallback(evaluate_fn, cfg.train.eval_every_epochs, picture_fn, log)
