@@ -35,6 +35,7 @@ left without images; the evaluator skips them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -82,17 +83,8 @@ def load_split(source: SplitSource) -> CocoDataset:
         raise DataError(
             f"data.{source.split}_annotations and data.{source.split}_images must both be set"
         )
-    c = source.cleaning
-    return load_coco(
-        source.annotations,
-        source.images,
-        training=c.training,
-        crowd=c.crowd,
-        max_instances=c.max_instances,
-        image_check=c.image_check,
-        bad_images=c.bad_images,
-        max_pixels=c.max_pixels,
-    )
+    # Cleaning's fields are load_coco's keyword arguments.
+    return load_coco(source.annotations, source.images, **dataclasses.asdict(source.cleaning))
 
 
 def load_val_annotations(source: SplitSource, num_classes: int) -> tuple[Any, tuple[int, ...]]:

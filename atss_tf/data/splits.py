@@ -27,7 +27,8 @@ SPLITS = ("train", "val")
 
 @dataclass(frozen=True)
 class Cleaning:
-    """How a split's records are cleaned (:mod:`atss_tf.data.cleaning`).
+    """How a split's records are cleaned (:mod:`atss_tf.data.cleaning`); the
+    fields are :func:`atss_tf.data.coco.load_coco`'s keyword arguments.
 
     Attributes:
         training: skip images without a usable box (the official training
