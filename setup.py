@@ -35,7 +35,15 @@ setup(
     extras_require={
         # tensorflow-serving-api: the tests read the SavedModel's warm-up
         # records with TF Serving's own protos (the export writes them without it).
-        "dev": ["pytest", "ruff", "nbclient", "nbformat", "ipykernel", "tensorflow-serving-api"],
+        "dev": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "tensorflow-serving-api",
+        ],
     },
     entry_points={"console_scripts": ["atss-tf=atss_tf.cli:main"]},
 )

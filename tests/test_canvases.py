@@ -59,6 +59,7 @@ def test_xla_fit_and_predict_compile_each_canvas_once(data):
     assert model.predict_function.step.tracing_counts() == [1, 1, 1]
 
 
+@pytest.mark.slow  # over a minute of the default lane's ten
 def test_fit_evaluate_predict_detect_compile_each_canvas_once(data):
     cfg = _config(data, jit=False)
     model = _fit_three_canvases(cfg)

@@ -26,6 +26,7 @@ def _run_script(name: str, tmp_path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # over a minute of the default lane's ten
 def test_two_replicas_equal_one_device(tmp_path):
     r = _run_script("mirrored_fit_script.py", tmp_path)
     assert r["replicas"] == 2

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import atss_tf
 from atss_tf.model import build_detector
 from tests.helpers.tiny import tiny_config
@@ -40,6 +42,7 @@ def test_import_atss_tf_alone_loads_a_saved_model_in_a_fresh_process(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "ATSSDetector (1, 341, 3)"
 
 
+@pytest.mark.slow  # over a minute of the default lane's ten
 def test_a_wheel_install_runs_the_demo_and_finds_every_config(tmp_path):
     """``pip install .`` (not ``-e``): the package and its configs come from the
     wheel, not from this source tree, and the demo runs with its built-in config."""

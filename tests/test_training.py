@@ -71,6 +71,7 @@ def test_targets_encoded_in_the_step_equal_targets_from_tf_data(data_root):
         np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-5)
 
 
+@pytest.mark.slow  # over a minute of the default lane's ten
 def test_short_run_learns(data_root, tmp_path):
     """A short run on synthetic shapes lifts AP50 far above the untrained model.
 
