@@ -31,6 +31,7 @@ dict becomes a dataclass (:mod:`atss_tf.config.conversion`).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -40,17 +41,17 @@ from typing import Any, Literal
 CHECK = "check"  # the metadata key of a field's check
 
 
-class Check:
+class Check(abc.ABC):
     """What a setting's value must be (the base of every check)."""
 
+    @abc.abstractmethod
     def accepts(self, value: Any) -> bool:
         """Whether ``value`` is valid for the setting."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def expected(self) -> str:
         """What a valid value is, as an error message says it after *expected*."""
-        raise NotImplementedError
 
     def describe_items(self, noun: str) -> str:
         """``noun`` (plural) whose every item passes this check, for :class:`Items`."""

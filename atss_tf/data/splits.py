@@ -104,13 +104,20 @@ class SplitSource:
         return cls(split, Cleaning.from_config(config, split), tfrecords=pattern)
 
 
+def _named(config, split: str) -> tuple[str | None, str | None, str | None]:
+    """``(annotations, images, tfrecords)`` as ``config.data`` names them for ``split``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = config.data
+    if split == "train":
+        return data.train_annotations, data.train_images, data.train_tfrecords
+    return data.val_annotations, data.val_images, data.val_tfrecords
+
+
 def has_split(config, split: str) -> bool:
     """Whether ``config`` names any data for ``split`` (a half-named split is
     reported by :func:`split_source`)."""
-    data = config.data
-    if split == "train":
-        return bool(data.train_tfrecords or data.train_annotations or data.train_images)
-    return bool(data.val_tfrecords or data.val_annotations or data.val_images)
+    return any(_named(config, split))
 
 
 def split_source(config, split: str) -> SplitSource:
@@ -120,12 +127,4 @@ def split_source(config, split: str) -> SplitSource:
     Raises:
         DataError: the split names no data (its message names the keys to set).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    data = config.data
-    if split == "train":
-        names = data.train_annotations, data.train_images, data.train_tfrecords
-    else:
-        names = data.val_annotations, data.val_images, data.val_tfrecords
-    annotations, images, tfrecords = names
-    return SplitSource(split, Cleaning.from_config(config, split), annotations, images, tfrecords)
+    return SplitSource(split, Cleaning.from_config(config, split), *_named(config, split))
