@@ -22,6 +22,7 @@ The package, one concern a module (everything is importable from here):
 
 * :mod:`~atss_tf.config.schema`: the dataclasses and constants; each setting
   declares its check beside its default.
+* :mod:`~atss_tf.config.tta`: the ``tta`` section (test-time augmentation).
 * :mod:`~atss_tf.config.checks`: the check vocabulary (choices, ranges, tuple
   shapes, ...), each saying what it expects in the words of the messages.
 * :mod:`~atss_tf.config.validation`: :func:`validate`, one walker applying
@@ -68,6 +69,7 @@ from atss_tf.config.schema import (
     PostprocessConfig,
     TrainConfig,
 )
+from atss_tf.config.tta import MERGE_TYPES, TTAConfig
 from atss_tf.config.validation import validate, validate_detector_config
 from atss_tf.errors import ConfigError
 
@@ -79,6 +81,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FCOS_ASSIGNERS",
     "IMAGE_CHECKS",
+    "MERGE_TYPES",
     "MOVED_KEYS",
     "PRECISIONS",
     "REGRESSIONS",
@@ -96,6 +99,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "PostprocessConfig",
+    "TTAConfig",
     "TrainConfig",
     "apply_overrides",
     "config_differences",

@@ -31,6 +31,7 @@ from atss_tf.config.checks import (
     setting,
 )
 from atss_tf.config.conversion import build, to_dict
+from atss_tf.config.tta import TTAConfig
 
 ANCHOR_ALIGNMENTS = ("center", "official", "mmdet")
 ASSIGNERS = ("atss", "atss_dense", "iou", "fcos", "fcos_center", "topk")
@@ -310,6 +311,7 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)  # test-time augmentation
     # Reproduce the authors' numbers exactly (ATSS_SPEC §0): official anchor
     # alignment and shapes, center margin 0.51, inclusive loss geometry.
     # Settings left None follow this switch; they are filled in when the

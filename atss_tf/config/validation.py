@@ -137,6 +137,14 @@ def _max_size_holds_test_size(c: DetectorConfig) -> str | None:
     return None
 
 
+@rule("tta.scale_ranges", roots=(Config,))
+def _a_range_per_tta_scale(c: Config) -> str | None:
+    n = len(c.tta.scales)
+    if len(c.tta.scale_ranges) != n:
+        return f"one (min, max) pair per tta.scales entry ({n})"
+    return None
+
+
 @rule("train.accumulate_steps", roots=(Config,))
 def _accumulate_steps_divide_batch(c: Config) -> str | None:
     steps, batch = c.train.accumulate_steps, c.data.batch_size
