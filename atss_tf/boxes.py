@@ -135,6 +135,32 @@ def clip_boxes(boxes: tf.Tensor, height, width) -> tf.Tensor:
     return tf.stack([x1, y1, x2, y2], axis=-1)
 
 
+def flip_horizontal(boxes: tf.Tensor, width) -> tf.Tensor:
+    """Mirror ``[..., 4]`` boxes in an image ``width`` wide: ``x1' = w - x2``,
+    ``x2' = w - x1``. (The authors' inclusive ``x1' = w - x2 - 1`` is the same
+    flip: their ``x2`` is ours minus 1.)"""
+    width = tf.cast(width, boxes.dtype)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    return tf.stack([width - x2, y1, width - x1, y2], axis=-1)
+
+
+def scale_boxes(boxes: tf.Tensor, x_scale, y_scale, inclusive: bool = False) -> tf.Tensor:
+    """``[..., 4]`` boxes with x times ``x_scale`` and y times ``y_scale``
+    (scalars or tensors broadcastable to ``[...]``).
+
+    ``inclusive=True`` scales as the authors' ``BoxList.resize`` does: their
+    inclusive coordinates, i.e. ``x2 - 1`` scaled then plus 1 here (boxes
+    stay 1 px longer than in continuous scaling by ``(1 - scale)``).
+    """
+    if inclusive:
+        boxes = to_inclusive(boxes)
+    x_scale = tf.cast(x_scale, boxes.dtype)
+    y_scale = tf.cast(y_scale, boxes.dtype)
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+    out = tf.stack([x1 * x_scale, y1 * y_scale, x2 * x_scale, y2 * y_scale], axis=-1)
+    return from_inclusive(out) if inclusive else out
+
+
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """COCO ``[..., 4]`` ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` (NumPy, host side)."""
     boxes = np.asarray(boxes)

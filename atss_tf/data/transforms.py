@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from atss_tf.boxes import clip_boxes
+from atss_tf.boxes import clip_boxes, flip_horizontal
 from atss_tf.data.image_files import IMAGE_MAGIC
 
 
@@ -192,9 +192,7 @@ def choose_canvas(
 
 def flip_left_right(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Mirror ``image [h, w, C]`` and ``boxes [n, 4]``: ``x1' = w - x2, x2' = w - x1``."""
-    width = tf.cast(tf.shape(image)[1], boxes.dtype)
-    x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
-    return tf.reverse(image, axis=[1]), tf.stack([width - x2, y1, width - x1, y2], axis=-1)
+    return tf.reverse(image, axis=[1]), flip_horizontal(boxes, tf.shape(image)[1])
 
 
 def pad_to_canvas(
