@@ -43,7 +43,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -302,6 +302,12 @@ class DetectionServing:
             labels = tf.tensor_scatter_nd_update(labels, at, found[2])
             count = tf.tensor_scatter_nd_update(count, at, found[3])
 
+        return self.outputs(boxes, scores, labels, count, image_info)
+
+    def outputs(self, boxes, scores, labels, count, image_info) -> dict[str, tf.Tensor]:
+        """The signature's outputs from detections in original pixels: boxes
+        ``[B, D, 4]`` xyxy, scores ``[B, D]``, labels ``[B, D]`` (1..C, 0 in
+        padding rows), count ``[B]`` and ``image_info`` ``[B, 4, 2]``."""
         yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)
         if self.normalized_boxes:
             original = image_info[:, 0, :]  # (height, width)
@@ -341,6 +347,20 @@ def write_labels(model: keras.Model, path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
+def request_input(input_type: str, image: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """A request's ``inputs`` of ``batch_size`` (None: 1) copies of ``image``
+    (uint8 ``[h, w, 3]``) in the signature's type: the images, PNG bytes, or
+    ``tf.train.Example`` records holding them."""
+    n = batch_size or 1
+    if input_type == "image_tensor":
+        return np.repeat(image[None], n, axis=0)
+    encoded = tf.io.encode_png(image).numpy()
+    if input_type == "tf_example":  # built as make-tfrecords builds its features
+        feature = {"image/encoded": bytes_feature([encoded])}
+        encoded = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return np.array([encoded] * n, dtype=object)
+
+
 def warmup_inputs(input_type: str, params: TransformConfig, batch_size: int | None) -> list:
     """One request input per canvas: a mid-gray image of the canvas's size, as
     numpy arrays of the signature's type, for each canvas such an image lands on
@@ -350,17 +370,7 @@ def warmup_inputs(input_type: str, params: TransformConfig, batch_size: int | No
         image = np.full((height, width, 3), 128, np.uint8)
         if int(transform(image, tf.zeros([0, 4]), params)["canvas_index"]) != c:
             continue
-        n = batch_size or 1
-        if input_type == "image_tensor":
-            requests.append(np.repeat(image[None], n, axis=0))
-            continue
-        encoded = tf.io.encode_png(image).numpy()
-        if input_type == "tf_example":  # built as make-tfrecords builds its features
-            feature = {"image/encoded": bytes_feature([encoded])}
-            encoded = tf.train.Example(
-                features=tf.train.Features(feature=feature)
-            ).SerializeToString()
-        requests.append(np.array([encoded] * n, dtype=object))
+        requests.append(request_input(input_type, image, batch_size))
     return requests
 
 
@@ -434,6 +444,32 @@ def export_saved_model(
     Raises:
         UsageError: an invalid option, or the version folder exists.
     """
+    params = serving_transform(model, min_size, max_size, canvases)
+    return write_saved_model(
+        model,
+        export_dir,
+        version,
+        lambda labels: DetectionServing(
+            model, input_type, params, labels, batch_size, normalized_boxes, max_pixels
+        ),
+        warmup_inputs(input_type, params, batch_size) if warmup else None,
+    )
+
+
+def write_saved_model(
+    model: keras.Model,
+    export_dir: str | os.PathLike,
+    version: int,
+    make_module: Callable[[str], DetectionServing],
+    warmup_requests: Sequence[np.ndarray] | None,
+) -> str:
+    """Write the serving module ``make_module(labels_path)`` as
+    ``export_dir/<version>/`` (the folder handling of :func:`export_saved_model`),
+    with ``warmup_requests`` (request inputs) in ``assets.extra`` unless None.
+
+    Raises:
+        UsageError: the version is below 1 or its folder exists.
+    """
     if version < 1:
         raise UsageError(f"version must be >= 1, got {version}")
     base = os.fspath(export_dir)
@@ -443,16 +479,13 @@ def export_saved_model(
             f"{target} exists: export as another --version (TF Serving serves the highest) "
             "or into another --out"
         )
-    params = serving_transform(model, min_size, max_size, canvases)
     remote = files.is_remote(base)
     files.makedirs(base)
     # Locally the scratch folder is beside the target, so the final rename is atomic.
     scratch = tempfile.mkdtemp(prefix=f".{version}-", dir=None if remote else base)
     try:
         labels = write_labels(model, os.path.join(tempfile.mkdtemp(dir=scratch), LABELS_FILE))
-        module = DetectionServing(
-            model, input_type, params, labels, batch_size, normalized_boxes, max_pixels
-        )
+        module = make_module(labels)
         archive = keras.export.ExportArchive()
         # Variables are tracked from the endpoint (tracking the model too would
         # save each one twice); the label table and its asset file explicitly.
@@ -460,11 +493,11 @@ def export_saved_model(
         archive.add_endpoint(SIGNATURE, module.serve, input_signature=[module.input_spec])
         saved = os.path.join(scratch, "saved_model")
         archive.write_out(saved, verbose=False)
-        if warmup:
+        if warmup_requests is not None:
             extra = os.path.join(saved, "assets.extra")
             os.mkdir(extra)
             with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
-                for inputs in warmup_inputs(input_type, params, batch_size):
+                for inputs in warmup_requests:
                     writer.write(prediction_log(inputs))
         if remote:
             files.copy_tree(saved, target, last="saved_model.pb")

@@ -98,6 +98,9 @@ class CanvasStepFunction:
         function = self._functions.get(key)
         if function is None:
             function = tf.function(self._run, jit_compile=self._jit_compile, autograph=False)
+            # One trace per signature is the design: TensorFlow's warning about
+            # "frequent retracing" (more than 5 functions of one method) is not.
+            function._omit_frequent_tracing_warning = True
             self._functions[key] = function
         return function(data)
 

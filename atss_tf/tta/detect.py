@@ -56,11 +56,14 @@ def as_uint8(image: np.ndarray) -> np.ndarray:
 
 def final_to_original(boxes, first_size, original_size, inclusive: bool) -> tf.Tensor:
     """Merged boxes ``[..., 4]`` in pass 0's ``(h0, w0)`` pixels -> the original
-    ``(h, w)``, scaled like the passes' boxes (the authors' COCO evaluation
-    scales by ``BoxList.resize`` too) and clipped to the image."""
-    (h0, w0), (h, w) = first_size, original_size
-    out = box_ops.scale_boxes(tf.convert_to_tensor(boxes), w / w0, h / h0, inclusive)
-    return box_ops.clip_boxes(out, float(h), float(w))
+    ``(h, w)`` (ints or int tensors), scaled like the passes' boxes (the
+    authors' COCO evaluation scales by ``BoxList.resize`` too; factors in
+    float64 like their Python floats) and clipped to the image."""
+    first = tf.cast(first_size, tf.float64)
+    original = tf.cast(original_size, tf.float64)
+    ratio = tf.cast(original / first, tf.float32)  # (y, x)
+    out = box_ops.scale_boxes(tf.convert_to_tensor(boxes), ratio[1], ratio[0], inclusive)
+    return box_ops.clip_boxes(out, original[0], original[1])
 
 
 class TTADetector:

@@ -15,6 +15,7 @@ canvas: they run as one batch of two.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,27 @@ def resized_size(height: int, width: int, p: TTAPass) -> tuple[int, int]:
 def exact_canvas(size: tuple[int, int], multiple: int) -> tuple[int, int]:
     """``size`` rounded up to multiples of ``multiple``: the official padding."""
     return tuple(int(math.ceil(s / multiple) * multiple) for s in size)
+
+
+def serving_canvases(
+    passes: list[TTAPass],
+    groups: list[list[int]],
+    multiple: int,
+    image_sizes: Sequence[tuple[int, int]] = (),
+) -> list[list[tuple[int, int]]]:
+    """A fixed canvas list per pass group, for a graph that cannot compile a
+    canvas per image size (the TTA SavedModel): the exact canvases of
+    ``image_sizes`` (original ``(h, w)``; an image of such a size runs as in
+    the Python TTA), then a landscape and a portrait canvas that hold any
+    image the group's resize makes (``min_size`` x ``max_size``, rounded up)."""
+    out = []
+    for indices in groups:
+        p = passes[indices[0]]
+        listed = [exact_canvas(resized_size(h, w, p), multiple) for h, w in image_sizes]
+        short, long = exact_canvas((p.min_size, p.max_size), multiple)
+        listed += [(short, long), (long, short)]
+        out.append(list(dict.fromkeys(listed)))
+    return out
 
 
 def area_bounds(p: TTAPass) -> tuple[float, float]:
