@@ -187,6 +187,57 @@ def make_evaluate_fn(
     return evaluate_fn
 
 
+def make_tta_evaluate_fn(
+    model: keras.Model,
+    cfg: Config,
+    out: str | os.PathLike | None = None,
+    split: SplitSource | None = None,
+    jit_compile: bool = False,
+):
+    """:func:`make_evaluate_fn` with the test-time augmentation of ``cfg.tta``
+    (:class:`atss_tf.tta.TTADetector`): every validation image in its original
+    size, one at a time, all passes and the merge; its canvases compile once
+    each for the run."""
+    from atss_tf.data.pipeline import load_val_annotations, open_source
+    from atss_tf.progress import progress_bar
+    from atss_tf.tta import TTADetector
+
+    split = split or split_source(cfg, "val")
+    cfg = with_detector_settings(cfg, model.detector_config)
+    source = open_source(cfg, split)
+    coco, category_ids = load_val_annotations(split, cfg.model.num_classes)
+    evaluator = CocoEvaluator(coco, category_ids)
+    runner = TTADetector(model, cfg, jit_compile=jit_compile)
+    passes = len(runner.passes)
+
+    def evaluate_fn() -> dict[str, float]:
+        evaluator.reset()
+        n = source.num_images
+        bar = (
+            progress_bar(n, f"Evaluating with {passes}-pass TTA on {n} images", "image")
+            if n
+            else None
+        )
+        for done, example in enumerate(source.elements.map(source.load), start=1):
+            image_id = int(example["image_id"])
+            det = runner(example["image"].numpy(), f"image id {image_id}")
+            evaluator.add(
+                [image_id],
+                det["boxes"][None],
+                det["scores"][None],
+                det["classes"][None],
+                [len(det["scores"])],
+            )
+            if bar is not None:
+                bar.update(min(done, n))
+        metrics = evaluator.evaluate()
+        if out is not None:
+            evaluator.write(files.join(out, "detections.json"))
+        return metrics
+
+    return evaluate_fn
+
+
 def make_validation(
     model: keras.Model, cfg: Config, split: SplitSource, out: str | os.PathLike | None = None
 ) -> tuple[Callable[[], dict[str, float]], Callable[[], bytes | None]]:

@@ -2,6 +2,8 @@
 
 Pre-processing (decode, test-time resize, canvases), the network, decoding and
 class-aware NMS all run inside the SavedModel; see :mod:`atss_tf.export`.
+``--tta``: the authors' test-time augmentation too, every pass and the merge
+(the config's ``tta`` section); see :mod:`atss_tf.export_tta`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def add_arguments(parser) -> None:
         help="detection_boxes in [0, 1] of the image height and width (default: pixels)",
     )
     parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="run the test-time augmentation inside (the tta section of --config / --set; "
+        "the test size comes from data.min_size and data.max_size)",
+    )
+    parser.add_argument(
+        "--tta-image-sizes",
+        type=canvas_list,
+        default=None,
+        metavar="HxW[,HxW...]",
+        help="with --tta: original image sizes whose passes get exact canvases, giving what "
+        "predict --tta gives; other sizes are padded onto larger canvases",
+    )
+    parser.add_argument(
         "--version", type=int, default=1, help="the version folder's number (default 1)"
     )
     parser.add_argument(
@@ -80,24 +96,54 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
 
+    if args.tta_image_sizes is not None and not args.tta:
+        raise UsageError("--tta-image-sizes needs --tta")
+    if args.tta:
+        given = [f for f in ("min_size", "max_size", "canvases") if getattr(args, f) is not None]
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise UsageError(
+                f"{flags} do not apply with --tta: each pass has its own size and canvases; "
+                "set data.min_size / data.max_size in --config and name image sizes with "
+                "--tta-image-sizes"
+            )
+
     from atss_tf.export import OUTPUT_KEYS, export_saved_model
     from atss_tf.inference import load_detector, test_transform
 
     model = load_detector(args.weights, config)
     params = test_transform(model, config)
-    path = export_saved_model(
-        model,
-        args.out,
-        input_type=args.input_type,
-        batch_size=args.batch_size,
-        min_size=max(params.min_size) if args.min_size is None else args.min_size,
-        max_size=params.max_size if args.max_size is None else args.max_size,
-        canvases=params.canvases if args.canvases is None else args.canvases,
-        normalized_boxes=args.normalized_boxes,
-        max_pixels=config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS,
-        version=args.version,
-        warmup=args.warmup,
-    )
+    max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
+    if args.tta:
+        from atss_tf.export_tta import export_tta_saved_model
+
+        path = export_tta_saved_model(
+            model,
+            args.out,
+            config=config,
+            tta=(config or load_config(None, args.overrides)).tta,
+            image_sizes=args.tta_image_sizes or (),
+            input_type=args.input_type,
+            batch_size=args.batch_size,
+            normalized_boxes=args.normalized_boxes,
+            max_pixels=max_pixels,
+            version=args.version,
+            warmup=args.warmup,
+        )
+    else:
+        path = export_saved_model(
+            model,
+            args.out,
+            input_type=args.input_type,
+            batch_size=args.batch_size,
+            min_size=max(params.min_size) if args.min_size is None else args.min_size,
+            max_size=params.max_size if args.max_size is None else args.max_size,
+            canvases=params.canvases if args.canvases is None else args.canvases,
+            normalized_boxes=args.normalized_boxes,
+            max_pixels=max_pixels,
+            version=args.version,
+            warmup=args.warmup,
+        )
     batch = "B" if args.batch_size is None else str(args.batch_size)
     shape = (
         f"uint8 [{batch}, H, W, 3]" if args.input_type == "image_tensor" else f"string [{batch}]"

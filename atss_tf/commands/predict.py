@@ -5,6 +5,7 @@ large, too extreme an aspect ratio) is named with its reason and left out,
 and the command then exits with 1. Pictures are named after the image's path
 relative to the inputs' common folder (``a/one.jpg`` -> ``a__one.jpg.detections.png``), so
 ``one.jpg`` and ``one.png``, or the same name in two folders, never collide.
+``--tta`` runs the authors' test-time augmentation (:mod:`atss_tf.tta`) per image.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="images per model call, grouped by canvas"
+    )
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="multi-scale, flipped test passes merged by box voting (the tta section of "
+        "--config and --set, e.g. --set tta.scales=[400,600]; 26 passes by default)",
     )
 
 
@@ -84,6 +91,13 @@ def run(args) -> int:
     from atss_tf.visualization import save_detection_grid
 
     model = load_detector(args.weights, config)
+    tta = None
+    if args.tta:
+        from atss_tf.tta import TTADetector
+
+        # Without --config, --set still sets the tta section (the data settings stay the model's).
+        tta_config = config or load_config(None, args.overrides)
+        tta = TTADetector(model, config, tta_config.tta)
     names = model.class_names
     category_ids = model.category_ids
     params = test_transform(model, config)
@@ -108,8 +122,22 @@ def run(args) -> int:
             images.append(image)
         if not group:
             continue
-        detections = detect(model, images, config, args.batch_size, names=[str(p) for p in group])
+        if tta is not None:
+            detections = []
+            for path, image in zip(group, images):
+                try:
+                    detections.append(tta(image, str(path)))
+                except AtssError as e:  # a pass would shrink it to a sliver
+                    failed.append((path, str(e)))
+                    print(f"{path}: skipped: {e}", file=sys.stderr)
+                    detections.append(None)
+        else:
+            detections = detect(
+                model, images, config, args.batch_size, names=[str(p) for p in group]
+            )
         for path, image, det in zip(group, images, detections):
+            if det is None:
+                continue
             picture = out / pictures[path]
             save_detection_grid([image], [det], names, picture, args.score_threshold, [str(path)])
             for box, score, cls in zip(det["boxes"], det["scores"], det["classes"]):
