@@ -16,30 +16,17 @@ whose step is the same as one already lowered are not lowered again.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from atss_tf.config import load_config, to_dict
+from atss_tf.config import load_config
 from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model
 from tests.helpers.fixtures import ROOT
-from tests.helpers.journeys import SMALL_BACKBONE
+from tests.helpers.journeys import NO_DOWNLOAD, SMALL_BACKBONE, train_step_key
 
 SHIPPED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
-# No download at test time: ImageNet weights only change the variables' values.
-NO_DOWNLOAD = ["model.backbone.weights=null"]
-
-
-def train_step_key(cfg) -> str:
-    """What the compiled train step's ops depend on: model, loss, precision.
-    Of the anchors only their number per location: sizes and ratios are
-    constants in the computation (Tables 5 and 6 change nothing else)."""
-    d = to_dict(cfg)
-    d["model"]["anchors"] = cfg.model.anchors.anchors_per_location
-    return json.dumps([d["model"], d["loss"], d["train"]["precision"]], sort_keys=True)
 
 
 def one_image_batch(cfg, canvas: tuple[int, int]):

@@ -210,7 +210,10 @@ def _tfrecord_records(
 
         return tf.cond(ok, lambda: ok, warn)
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).filter(usable)
+    ds = ds.map(
+        tf.autograph.experimental.do_not_convert(parse), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    ds = ds.filter(tf.autograph.experimental.do_not_convert(usable))
     if training:  # the per-image rule of cleaning.admit_image, in the graph
         ds = ds.filter(lambda e: tf.reduce_any(tf.logical_not(e["is_crowd"])))
     return ds
@@ -466,12 +469,16 @@ def build_dataset(
         ds = ds.repeat()
     encoders = [encoder_factory((h, w)) for h, w in params.canvases] if encoder_factory else None
 
+    # The pipeline's Python has no tensor-dependent control flow (it uses
+    # tf.cond / tf.where), so AutoGraph would only re-parse it: 2-4 s per process.
+    @tf.autograph.experimental.do_not_convert
     def prepare(index, elem):
         return prepare_image(src.load(elem), index, params, seed, training, encoders, with_gt)
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=parallel, deterministic=True)
     ds = batch_by_canvas(ds, batch_size, len(params.canvases), drop_remainder=training)
 
+    @tf.autograph.experimental.do_not_convert
     def finish(e):
         if training or with_gt:
             return e["x"], e["y"]

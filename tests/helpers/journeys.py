@@ -7,12 +7,13 @@ ImageNet download: tests never reach the network).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
 from pathlib import Path
 
-from atss_tf.config import load_config
+from atss_tf.config import load_config, to_dict
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.data.synthetic import generate_synthetic_coco
 from tests.helpers.fixtures import ROOT
@@ -45,6 +46,20 @@ def make_dataset(root: Path, categories, n_train: int = 10, n_val: int = 4) -> d
 
 def _ceil32(x: float) -> int:
     return max(32, 32 * math.ceil(x / 32))
+
+
+# No download at test time: ImageNet weights only change the variables' values.
+NO_DOWNLOAD = ["model.backbone.weights=null"]
+
+
+def train_step_key(cfg) -> str:
+    """What the compiled train step's ops depend on: model, loss, precision.
+    Of the anchors only their number per location: sizes and ratios are
+    constants in the computation (Tables 5 and 6 change nothing else); the
+    assigner runs in the input pipeline."""
+    d = to_dict(cfg)
+    d["model"]["anchors"] = cfg.model.anchors.anchors_per_location
+    return json.dumps([d["model"], d["loss"], d["train"]["precision"]], sort_keys=True)
 
 
 # A ResNet-18 at a quarter width instead of the config's backbone.
