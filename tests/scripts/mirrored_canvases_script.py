@@ -2,7 +2,9 @@
 MirroredStrategy (2 logical CPUs) against one device, same batches.
 
 Prints one json line: weights after 6 fit steps, losses of evaluate, and the
-detections of predict, each compared between the two, plus the trace counts.
+detections of predict, each compared between the two, plus the trace counts;
+then, on the one-device model, predict_on_batch on each canvas and detect on
+photos of each orientation, with what they compiled.
 """
 
 import json
@@ -17,6 +19,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np  # noqa: E402
 
 from atss_tf.data.pipeline import build_dataset  # noqa: E402
+from atss_tf.inference import detect  # noqa: E402
 from atss_tf.targets import TargetEncoder  # noqa: E402
 from atss_tf.training.fit import build_training_model, make_strategy  # noqa: E402
 from tests.helpers.journeys import SPARSE_CATEGORIES, make_dataset  # noqa: E402
@@ -70,4 +73,36 @@ results["num_detections"] = [p1["num_detections"].tolist(), p2["num_detections"]
 results["max_box_diff"] = float(np.abs(p1["boxes"] - p2["boxes"]).max())
 results["max_score_diff"] = float(np.abs(p1["scores"] - p2["scores"]).max())
 results["mirrored_predict_traces"] = mirrored.predict_function.step.tracing_counts()
+results["single_test_traces"] = single.test_function.step.tracing_counts()
+
+# predict_on_batch on the canvases in turn, then detect on raw photos of each
+# orientation (twice, in opposite orders): the compiled signatures are reused.
+seen = len(single.predict_function.step.signatures)
+rng = np.random.default_rng(0)
+for canvas in canvases * 2:
+    single.predict_on_batch(rng.uniform(0, 255, (2, *canvas, 3)).astype("float32"))
+photos = [
+    rng.integers(0, 256, size, dtype=np.uint8)
+    for size in ((72, 120, 3), (130, 70, 3), (100, 100, 3), (64, 150, 3))
+]
+first = detect(single, photos, batch_size=2)
+again = detect(single, photos[::-1], batch_size=2)[::-1]
+counts = single.predict_function.step.tracing_counts()
+results["single_predict_traces"] = counts
+results["single_predict_signatures_added"] = len(counts) - seen
+results["detect_same_classes"] = all(
+    np.array_equal(a["classes"], b["classes"]) for a, b in zip(first, again)
+)
+results["detect_max_box_diff"] = max(
+    float(np.abs(a["boxes"] - b["boxes"]).max()) for a, b in zip(first, again)
+)
+results["detect_max_score_diff"] = max(
+    float(np.abs(a["scores"] - b["scores"]).max()) for a, b in zip(first, again)
+)
+results["detect_counts"] = [len(d["scores"]) for d in first]
+results["detect_inside_photo"] = all(
+    bool((d["boxes"][:, [0, 2]] <= p.shape[1] + 1e-3).all())
+    and bool((d["boxes"][:, [1, 3]] <= p.shape[0] + 1e-3).all())
+    for p, d in zip(photos, first)
+)
 print(json.dumps(results))
