@@ -75,19 +75,20 @@ def test_targets_encoded_in_the_step_equal_targets_from_tf_data(data_root):
 def test_short_run_learns(data_root, tmp_path):
     """A short run on synthetic shapes lifts AP50 far above the untrained model.
 
-    Measured when written (360 steps, ~80 s on 2 cores): untrained AP50 0.000,
-    trained 0.151. 20 validation images with batch 8 also exercise a partial
+    Measured (200 steps at base_lr 0.12, 2 cores): untrained AP50 0.000,
+    trained 0.122 (360 steps at 0.08 gave 0.151 in twice the time; 180 at
+    0.08, 0.103). 20 validation images with batch 8 also exercise a partial
     last batch, which Keras predicts with a dynamic batch dimension.
     """
     root = data_root / "learn"
     cfg = with_synthetic_data(
         tiny_config(
             [
-                "train.max_iters=360",
-                "train.steps_per_epoch=90",
-                "train.lr_steps=[300]",
+                "train.max_iters=200",
+                "train.steps_per_epoch=50",
+                "train.lr_steps=[170]",
                 "data.batch_size=8",
-                "train.base_lr=0.08",
+                "train.base_lr=0.12",
                 "model.backbone.width_multiplier=0.5",
                 "model.backbone.norm=batch_norm",
                 "model.fpn.channels=64",
@@ -107,8 +108,8 @@ def test_short_run_learns(data_root, tmp_path):
     after = json.loads((tmp_path / "run" / "metrics.json").read_text())
     print(f"AP50 untrained {before['AP50']:.3f} -> trained {after['AP50']:.3f}")
     assert before["AP50"] < 0.05
-    assert after["AP50"] > 0.1
-    assert after["AP50"] > before["AP50"] + 0.1
+    assert after["AP50"] > 0.08
+    assert after["AP50"] > before["AP50"] + 0.07
     assert (tmp_path / "run" / "model.keras").exists()
     assert any((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
 

@@ -19,12 +19,20 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import keras
 import tensorflow as tf
 
 from atss_tf import files
-from atss_tf.config import Config, ConfigError, config_differences, load_config, save_config
+from atss_tf.config import (
+    Config,
+    ConfigError,
+    DetectorConfig,
+    config_differences,
+    load_config,
+    save_config,
+)
 from atss_tf.data.coco import CategoryMap
 
 # The one arrow up the layers: a run evaluates its model on the validation set
@@ -45,6 +53,9 @@ from atss_tf.training.strategy import (
     make_strategy,
     resolve_jit_compile,
 )
+
+# A training config or a detector config: both have the ``model`` section.
+ConfigOrDetector = TypeVar("ConfigOrDetector", Config, DetectorConfig)
 
 logger = logging.getLogger("atss_tf")
 
@@ -97,10 +108,10 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def with_dataset_categories(cfg: Config, category_map: CategoryMap) -> Config:
-    """``cfg`` with ``model.category_ids`` and ``model.class_names`` taken from
-    the training data's categories where the config leaves them empty, so the
-    saved model reports detections as the dataset's category ids and names
+def with_dataset_categories(cfg: ConfigOrDetector, category_map: CategoryMap) -> ConfigOrDetector:
+    """``cfg`` (a training or a detector config) with ``model.category_ids`` and
+    ``model.class_names`` taken from the training data's categories where the
+    config leaves them empty, so the saved model reports detections as the dataset's category ids and names
     (names that are only the ids, from TFRecords without a category list, are
     not copied).
 
@@ -120,9 +131,13 @@ def with_dataset_categories(cfg: Config, category_map: CategoryMap) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(model, **filled))
 
 
-def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = None):
-    """Build and compile the detector (and its optimizer variables) in
-    ``strategy``'s scope; with ``train.precision`` ``mixed_float16`` or
+def build_training_model(
+    cfg: Config,
+    strategy: tf.distribute.Strategy | None = None,
+    detector: DetectorConfig | None = None,
+):
+    """Build and compile the detector (``detector``, default ``cfg``'s own) and
+    its optimizer variables (``cfg.train``) in ``strategy``'s scope; with ``train.precision`` ``mixed_float16`` or
     ``mixed_bfloat16`` its layers compute in 16 bits (the global dtype policy
     is left as it was). With ``model.backbone.weights: imagenet`` the
     backbone starts from keras.applications' ResNet50/101 (downloaded by
@@ -134,7 +149,7 @@ def build_training_model(cfg: Config, strategy: tf.distribute.Strategy | None = 
     precision = cfg.train.precision
     policy = precision if precision != "float32" else keras.config.dtype_policy().name
     with strategy.scope(), dtype_policy(policy):
-        model = build_detector(cfg)
+        model = build_detector(detector or cfg)
         if cfg.model.backbone.weights == "imagenet":
             load_imagenet_backbone(model.backbone)
         compile_detector(model, cfg)
@@ -233,8 +248,9 @@ def train(
     # A resumed run sees a new (still reproducible) stream of images.
     initial_epoch = int(latest["epoch"]) if latest else 0
     seed = cfg.train.seed + initial_epoch
-    source = open_source(cfg, split_source(cfg, "train"), seed=seed)
+    train_split = split_source(cfg, "train")
     val_split = split_source(cfg, "val") if has_split(cfg, "val") else None
+    source = open_source(cfg, train_split, seed=seed)
     category_map = source.category_map
     train_ds = build_dataset(
         cfg,
@@ -246,7 +262,8 @@ def train(
     files.makedirs(written)
     if chief:
         save_config(cfg, files.join(out, "config.yaml"))
-    model = build_training_model(with_dataset_categories(cfg, category_map), strategy)
+    detector = with_dataset_categories(cfg.detector_config(), category_map)
+    model = build_training_model(cfg, strategy, detector)
     info = ckpt.restore(model)
     if info:
         logger.info(
