@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path, load_fixture
+from tests.helpers.fixtures import (
+    DCN_FIXTURES,
+    DCN_MODELS,
+    OFFICIAL_CHECKPOINTS,
+    fixture_path,
+    load_fixture,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,3 +45,10 @@ def official_checkpoint() -> Path:
 def official_legacy_checkpoint() -> Path:
     """The same weights in torch's legacy stream format."""
     return fixture_path(OFFICIAL_CHECKPOINTS["legacy"])
+
+
+@pytest.fixture(scope="session")
+def official_dcn_outputs() -> dict:
+    """``official_atss_dcn/<model>_outputs.npz`` for each of ``DCN_MODELS``: the
+    authors' DCNv2 models run on a 320x400 crop, with their recorded DCN layers."""
+    return {m: load_fixture(f"{m}_outputs.npz", DCN_FIXTURES) for m in DCN_MODELS}
