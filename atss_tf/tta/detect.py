@@ -76,6 +76,7 @@ class TTADetector:
         tta: a ``tta`` section replacing ``config``'s (default: ``config.tta``
             or the authors' settings).
         jit_compile: compile the pass steps and the merge with XLA.
+        run_eagerly: run them eagerly, without ``tf.function`` (debugging, benchmarks).
         canvases: per pass group, the ``(h, w)`` canvases to choose from
             (module docstring); None: each pass's exact canvas.
     """
@@ -87,6 +88,7 @@ class TTADetector:
         tta: TTAConfig | None = None,
         *,
         jit_compile: bool = False,
+        run_eagerly: bool = False,
         canvases: Sequence[Sequence[Canvas]] | None = None,
     ):
         self.model = model
@@ -108,6 +110,7 @@ class TTADetector:
             lambda: model.distribute_strategy,
             jit_compile=jit_compile,
             reduction="concat",
+            eager=run_eagerly,
         )
         merge = functools.partial(
             merge_detections,
@@ -118,7 +121,9 @@ class TTADetector:
             nms_iou=dc.postprocess.nms_iou,
             max_detections=self.tta.max_detections,
         )
-        self.merge = tf.function(merge, jit_compile=jit_compile, autograph=False)
+        self.merge = (
+            merge if run_eagerly else tf.function(merge, jit_compile=jit_compile, autograph=False)
+        )
         self.resize = tf.function(
             pil_bilinear_resize,
             input_signature=[
