@@ -25,6 +25,7 @@ from atss_tf.model import (
     TorchConv2D,
     TorchMaxPool2D,
 )
+from atss_tf.model.deformable import ModulatedDeformConv2D
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule
 
@@ -41,6 +42,10 @@ LAYER_CASES = {
     "TorchConv2D": (lambda **kw: TorchConv2D(4, 3, strides=2, **kw), _x(1, 9, 9, 3)),
     "TorchMaxPool2D": (lambda **kw: TorchMaxPool2D(**kw), _x(1, 9, 9, 3)),
     "FrozenBatchNorm": (lambda **kw: FrozenBatchNorm(**kw), _x(1, 4, 4, 3)),
+    "ModulatedDeformConv2D": (
+        lambda **kw: ModulatedDeformConv2D(8, strides=2, groups=2, use_bias=True, **kw),
+        _x(1, 9, 9, 4),
+    ),
     "Scale": (lambda **kw: Scale(2.0, **kw), _x(1, 4, 4, 3)),
     "ImageNormalization": (
         lambda **kw: ImageNormalization((1.0, 2.0, 3.0), (2.0, 2.0, 2.0), bgr=True, **kw),
