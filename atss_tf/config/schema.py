@@ -121,6 +121,10 @@ class AssignerConfig:
         return self.center_margin if self.center_in_box else -math.inf
 
 
+# Stages whose bottlenecks may use a deformable 3x3 conv (model.backbone.dcn_stages).
+DCN_STAGES = ("c2", "c3", "c4", "c5")
+
+
 @dataclass
 class BackboneConfig:
     """ResNet backbone (ATSS_SPEC §6)."""
@@ -139,6 +143,10 @@ class BackboneConfig:
     norm: str = setting("frozen_bn", BY_MODEL)
     # None | "imagenet" (keras.applications, caffe mode)
     weights: str | None = setting(None, OneOf((None, "imagenet"), form="or"))
+    # Stages (of c2..c5) whose every bottleneck's 3x3 conv2 is a modulated
+    # deformable conv (ATSS_SPEC §11; official STAGE_WITH_DCN): [c3, c4, c5] for
+    # the dcnv2 R-50/101 models, [c4, c5] for X-101. Bottleneck depths only.
+    dcn_stages: tuple[str, ...] = setting((), Items(OneOf(DCN_STAGES), "stages"))
 
 
 @dataclass
@@ -166,6 +174,9 @@ class HeadConfig:
     # probability. learnable_scales off: no per-level scalar on the box output.
     centerness: bool = setting(True, SWITCH)
     learnable_scales: bool = setting(True, SWITCH)
+    # The last conv of each tower is a modulated deformable conv with bias
+    # (official USE_DCN_IN_TOWER, the dcnv2 models).
+    dcn: bool = setting(False, Related("model.head.num_convs"))
 
 
 @dataclass

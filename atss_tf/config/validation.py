@@ -66,6 +66,24 @@ def _groups_divide_channels(c: Root) -> str | None:
     return None
 
 
+@rule("model.backbone.dcn_stages")
+def _dcn_in_distinct_bottleneck_stages(c: Root) -> str | None:
+    backbone = c.model.backbone
+    stages = backbone.dcn_stages
+    if len(set(stages)) != len(stages):
+        return "distinct stages"
+    if stages and backbone.depth not in (50, 101):
+        return f"no stages with model.backbone.depth={backbone.depth} (basic blocks: no DCN)"
+    return None
+
+
+@rule("model.head.dcn")
+def _dcn_needs_a_tower_conv(c: Root) -> str | None:
+    if c.model.head.dcn and c.model.head.num_convs < 1:
+        return "false with model.head.num_convs=0 (no tower conv to make deformable)"
+    return None
+
+
 def _fcos(c: Root) -> bool:
     return isinstance(c, Config) and c.assigner.type in FCOS_ASSIGNERS
 

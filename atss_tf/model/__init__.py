@@ -1,5 +1,6 @@
 """The ATSS network: ResNet backbone, FPN, head and the ``keras.Model`` that joins them."""
 
+from atss_tf.model.deformable import ModulatedDeformConv2D
 from atss_tf.model.detector import PYRAMID_STRIDES, ATSSDetector, build_detector
 from atss_tf.model.fpn import LEVELS, FeaturePyramid
 from atss_tf.model.head import ATSSHead
@@ -22,6 +23,7 @@ __all__ = [
     "FeaturePyramid",
     "FrozenBatchNorm",
     "ImageNormalization",
+    "ModulatedDeformConv2D",
     "ResNetBackbone",
     "Scale",
     "TorchConv2D",

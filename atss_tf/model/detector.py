@@ -114,6 +114,7 @@ class ATSSDetector(keras.Model):
             width_multiplier=b.width_multiplier,
             freeze_at=b.freeze_at,
             norm=b.norm,
+            dcn_stages=b.dcn_stages,
             name="backbone",
         )
         self.fpn = FeaturePyramid(
@@ -132,6 +133,7 @@ class ATSSDetector(keras.Model):
             regression=h.regression,
             centerness=h.centerness,
             learnable_scales=h.learnable_scales,
+            dcn=h.dcn,
             name="head",
         )
 

@@ -12,6 +12,11 @@ official                               Keras layer / weight
 ``centerness``
 ``scales.{l}.scale``                   ``scale{l}.scale`` (shape ``()``)
 =====================================  ===================================
+
+With ``dcn`` the last conv of each tower is a
+:class:`~atss_tf.model.deformable.ModulatedDeformConv2D` (official
+``DFConv2d``): ``{cls,bbox}_tower.{3i}.offset.*`` -> ``..._conv{i}.offset.*``,
+``.conv.{weight,bias}`` -> ``..._conv{i}.{kernel,bias}``.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from atss_tf.model.deformable import ModulatedDeformConv2D
 from atss_tf.model.layers import Scale, TorchConv2D
 
 GROUP_NORM_EPSILON = 1e-5  # torch.nn.GroupNorm default
+
+
+def _normal_001() -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
 
 
 def _conv(filters: int, name: str, bias: float = 0.0, dtype=None) -> TorchConv2D:
@@ -32,10 +42,18 @@ def _conv(filters: int, name: str, bias: float = 0.0, dtype=None) -> TorchConv2D
         filters,
         3,
         use_bias=True,
-        kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
+        kernel_initializer=_normal_001(),
         bias_initializer=keras.initializers.Constant(bias),
         name=name,
         dtype=dtype,
+    )
+
+
+def _deformable_conv(filters: int, name: str, dtype=None) -> ModulatedDeformConv2D:
+    # The official head initialises every nn.Conv2d, the offset conv among
+    # them, normal(0, 0.01); the deformable kernel keeps its own uniform init.
+    return ModulatedDeformConv2D(
+        filters, use_bias=True, offset_initializer=_normal_001(), name=name, dtype=dtype
     )
 
 
@@ -69,6 +87,8 @@ class ATSSHead(keras.layers.Layer):
             regression bias initialised to 4).
         centerness: build the centerness branch.
         learnable_scales: multiply the box output by a learnable scalar per level.
+        dcn: the last conv of each tower is a modulated deformable conv with
+            bias (official ``USE_DCN_IN_TOWER``); needs ``num_convs >= 1``.
 
     Call: list of ``num_levels`` NHWC maps -> dict of per-level lists
     ``"cls_logits"`` ``[B, h, w, A*C]``, ``"box_regression"`` ``[B, h, w, A*4]``
@@ -88,6 +108,7 @@ class ATSSHead(keras.layers.Layer):
         regression: str = "box",
         centerness: bool = True,
         learnable_scales: bool = True,
+        dcn: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,6 +116,8 @@ class ATSSHead(keras.layers.Layer):
             raise ValueError(f"regression must be 'box' or 'point', got {regression!r}")
         if regression == "point" and num_anchors != 1:
             raise ValueError("point regression needs one anchor per location")
+        if dcn and num_convs < 1:
+            raise ValueError("a deformable tower conv needs num_convs >= 1")
         self.num_classes = int(num_classes)
         self.num_anchors = int(num_anchors)
         self.num_levels = int(num_levels)
@@ -106,11 +129,13 @@ class ATSSHead(keras.layers.Layer):
         self.regression = regression
         self.use_centerness = bool(centerness)
         self.learnable_scales = bool(learnable_scales)
+        self.dcn = bool(dcn)
 
         def tower(prefix: str) -> tuple[list, list]:
             convs, norms = [], []
             for i in range(self.num_convs):
-                convs.append(_conv(self.channels, f"{prefix}_conv{i}", dtype=self.dtype_policy))
+                make = _deformable_conv if self.dcn and i == self.num_convs - 1 else _conv
+                convs.append(make(self.channels, f"{prefix}_conv{i}", dtype=self.dtype_policy))
                 if self.use_group_norm:
                     norms.append(
                         keras.layers.GroupNormalization(
@@ -208,6 +233,7 @@ class ATSSHead(keras.layers.Layer):
                 "regression": self.regression,
                 "centerness": self.use_centerness,
                 "learnable_scales": self.learnable_scales,
+                "dcn": self.dcn,
             }
         )
         return config

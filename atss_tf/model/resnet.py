@@ -14,7 +14,11 @@ official key (prefix ``backbone.body.``)               Keras layer / weight
 ``layer{s}.{i}.downsample.1.*``                        ``layer{s}_{i}.downsample_bn.*``
 =====================================================  ==============================
 
-Stage ``layer1`` .. ``layer4`` produce C2 .. C5 (strides 4 .. 32).
+Stage ``layer1`` .. ``layer4`` produce C2 .. C5 (strides 4 .. 32). In a DCN
+stage (``dcn_stages``) ``conv2`` is a
+:class:`~atss_tf.model.deformable.ModulatedDeformConv2D`: official
+``layer{s}.{i}.conv2.offset.*`` / ``conv2.conv.weight`` are
+``layer{s}_{i}.conv2.offset.*`` / ``conv2.kernel``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from atss_tf.model.deformable import ModulatedDeformConv2D
 from atss_tf.model.layers import KAIMING_UNIFORM_A1, TorchConv2D, TorchMaxPool2D, make_norm
 
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
+STAGE_NAMES = ("c2", "c3", "c4", "c5")  # the outputs of layer1 .. layer4
 
 
 def _scaled(channels: int, multiplier: float, divisor: int = 1) -> int:
@@ -80,6 +86,9 @@ class BottleneckBlock(keras.layers.Layer):
         groups: cardinality of the 3x3 conv (ResNeXt).
         stride_in_1x1: MSRA/caffe style (official R-50/101, keras.applications).
         frozen: conv weights non-trainable (frozen stage).
+        deformable: ``conv2`` is a modulated deformable conv (same stride and
+            groups, no bias; official ``DFConv2d``, offset conv kaiming
+            uniform ``a=1``).
 
     Input ``[B, H, W, C_in]``; output ``[B, ceil(H / s), ceil(W / s), out_channels]``.
     A projection shortcut (``downsample_conv`` + ``downsample_bn``) exists when
@@ -95,10 +104,12 @@ class BottleneckBlock(keras.layers.Layer):
         stride_in_1x1: bool = True,
         frozen: bool = False,
         norm: str = "frozen_bn",
+        deformable: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.norm = norm
+        self.deformable = bool(deformable)
         self.bottleneck_channels = int(bottleneck_channels)
         self.out_channels = int(out_channels)
         self.strides = int(strides)
@@ -109,15 +120,25 @@ class BottleneckBlock(keras.layers.Layer):
         width, f = self.bottleneck_channels, self.frozen
         self.conv1 = _conv(width, 1, strides=s1, frozen=f, name="conv1", dtype=self.dtype_policy)
         self.bn1 = make_norm(self.norm, "bn1", self.frozen, dtype=self.dtype_policy)
-        self.conv2 = _conv(
-            width,
-            3,
-            strides=s3,
-            groups=self.groups,
-            frozen=f,
-            name="conv2",
-            dtype=self.dtype_policy,
-        )
+        if self.deformable:
+            self.conv2 = ModulatedDeformConv2D(
+                width,
+                strides=s3,
+                groups=self.groups,
+                frozen=f,
+                name="conv2",
+                dtype=self.dtype_policy,
+            )
+        else:
+            self.conv2 = _conv(
+                width,
+                3,
+                strides=s3,
+                groups=self.groups,
+                frozen=f,
+                name="conv2",
+                dtype=self.dtype_policy,
+            )
         self.bn2 = make_norm(self.norm, "bn2", self.frozen, dtype=self.dtype_policy)
         self.conv3 = _conv(self.out_channels, 1, frozen=f, name="conv3", dtype=self.dtype_policy)
         self.bn3 = make_norm(self.norm, "bn3", self.frozen, dtype=self.dtype_policy)
@@ -166,6 +187,7 @@ class BottleneckBlock(keras.layers.Layer):
                 "stride_in_1x1": self.stride_in_1x1,
                 "frozen": self.frozen,
                 "norm": self.norm,
+                "deformable": self.deformable,
             }
         )
         return config
@@ -257,6 +279,8 @@ class ResNetBackbone(keras.layers.Layer):
         width_multiplier: scale every channel count (tiny test models).
         freeze_at: 0 nothing frozen, 1 stem, 2 stem + ``layer1``, ... ; frozen
             means non-trainable conv weights (BN is always frozen).
+        dcn_stages: stages (``"c2"`` .. ``"c5"``) whose every bottleneck has a
+            deformable ``conv2`` (official ``STAGE_WITH_DCN``; 50/101 only).
 
     Call: ``[B, H, W, 3]`` normalised image -> dict ``{"c2": .., "c3": .., "c4":
     .., "c5": ..}`` of NHWC maps with strides 4, 8, 16, 32 (each
@@ -272,16 +296,24 @@ class ResNetBackbone(keras.layers.Layer):
         width_multiplier: float = 1.0,
         freeze_at: int = 2,
         norm: str = "frozen_bn",
+        dcn_stages: Sequence[str] = (),
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.norm = norm
+        self.dcn_stages = tuple(str(s) for s in dcn_stages)
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"ResNet depth {depth} is not supported: expected 18, 34, 50 or 101")
         bottleneck = depth in BOTTLENECK_DEPTHS
         if not bottleneck and (groups != 1 or width_per_group != 64):
             raise ValueError(
                 f"ResNet-{depth} uses basic blocks: groups/width_per_group apply to 50/101 only"
+            )
+        unknown = [s for s in self.dcn_stages if s not in STAGE_NAMES]
+        if unknown or (self.dcn_stages and not bottleneck):
+            raise ValueError(
+                f"dcn_stages={list(self.dcn_stages)}: expected stages of {STAGE_NAMES} "
+                "of a bottleneck ResNet (depth 50 or 101)"
             )
         self.depth = int(depth)
         self.stride_in_1x1 = bool(stride_in_1x1)
@@ -329,6 +361,7 @@ class ResNetBackbone(keras.layers.Layer):
                         stride_in_1x1=self.stride_in_1x1,
                         frozen=frozen,
                         norm=self.norm,
+                        deformable=STAGE_NAMES[s - 1] in self.dcn_stages,
                         name=name,
                         dtype=self.dtype_policy,
                     )
@@ -388,6 +421,7 @@ class ResNetBackbone(keras.layers.Layer):
                 "width_multiplier": self.width_multiplier,
                 "freeze_at": self.freeze_at,
                 "norm": self.norm,
+                "dcn_stages": list(self.dcn_stages),
             }
         )
         return config
