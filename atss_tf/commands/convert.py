@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         if b.groups == 1
         else f"ResNeXt-{b.depth} {b.groups}x{b.width_per_group}d"
     )
+    head = result.config.model.head
+    dcn = [*b.dcn_stages, *(["the head towers"] if head.dcn else [])]
+    if dcn:
+        arch += f", DCNv2 in {', '.join(dcn)}"
     print(f"converted {args.checkpoint} -> {result.output}")
     print(
         f"  backbone {arch} (stride_in_1x1={b.stride_in_1x1}), FPN "

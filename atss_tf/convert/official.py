@@ -29,6 +29,16 @@ official key                                    Keras variable (``model.<layer>.
 ``rpn.head.scales.{l}.scale``                   ``head.scale{l}.scale`` (``[1]`` -> ``()``)
 ==============================================  ===========================================
 
+Deformable convolutions (DCNv2, the ``dcnv2`` models; ATSS_SPEC §11) are read
+off their keys too: a stage whose every block has
+``backbone.body.layer{s}.{i}.conv2.offset.weight`` is in
+``model.backbone.dcn_stages``, a tower whose last conv is
+``rpn.head.{cls,bbox}_tower.{3i}.offset.*`` sets ``model.head.dcn``. Such a
+``<conv>`` maps as ``<conv>.offset.{weight,bias}`` ->
+``<layer>.offset.{kernel,bias}`` and ``<conv>.conv.{weight,bias}`` ->
+``<layer>.{kernel,bias}`` (:class:`~atss_tf.model.ModulatedDeformConv2D`).
+Only modulated DCN with one deformable group (27 offset channels) exists there.
+
 ``<t>`` is ``weight``, ``bias``, ``running_mean``, ``running_var``. Anchor
 buffers ``rpn.anchor_generator.*`` and BN ``num_batches_tracked`` counters are
 ignored. Every other key must map, and every model weight must be assigned.
@@ -51,7 +61,10 @@ from atss_tf.errors import UsageError
 OFFICIAL_PIXEL_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 _IGNORED = (re.compile(r"^rpn\.anchor_generator\."), re.compile(r"\.num_batches_tracked$"))
-_DCN = re.compile(r"(\.offset\.(weight|bias)$)|(conv2?_offset)")
+# Deformable-conv keys of other code bases (mmdetection's conv_offset, ...).
+_FOREIGN_DCN = re.compile(r"conv\d?_offset")
+_STAGE_DCN = re.compile(r"backbone\.body\.layer(\d)\.(\d+)\.conv2\.offset\.weight$")
+OFFSET_CONV_CHANNELS = 27  # modulated DCN, one deformable group
 
 
 class ConversionError(CheckpointError):
@@ -108,17 +121,11 @@ def infer_config(
             (official R-50/101), False for ResNeXt (official X-101).
 
     Raises:
-        ConversionError: DCN checkpoints, unsupported depths, P6 on C5, an
-            anchor count the base config does not match.
+        ConversionError: unsupported depths, P6 on C5, an anchor count the
+            base config does not match, DCN layers other than the official
+            modulated ones in whole stages and the towers' last convs.
     """
-    dcn = sorted(k for k in state if _DCN.search(k))
-    if dcn:
-        raise ConversionError(
-            "deformable convolution checkpoints are not supported yet (DCN keys: "
-            + ", ".join(dcn[:6])
-            + (", ..." if len(dcn) > 6 else "")
-            + ")"
-        )
+    _check_deformable_keys(state)
     cfg = from_dict(to_dict(base if base is not None else Config()))
     m = cfg.model
 
@@ -133,7 +140,9 @@ def infer_config(
         raise ConversionError(
             "backbone.body.layer1.0.conv3.weight missing: not a bottleneck ResNet"
         )
-    conv2 = _require(state, "backbone.body.layer1.0.conv2.weight")
+    conv2 = state.get("backbone.body.layer1.0.conv2.conv.weight")  # a DCN in c2
+    if conv2 is None:
+        conv2 = _require(state, "backbone.body.layer1.0.conv2.weight")
     width, per_group = int(conv2.shape[0]), int(conv2.shape[1])
     groups = width // per_group
     m.backbone.depth = depth
@@ -142,6 +151,7 @@ def infer_config(
     m.backbone.width_multiplier = 1.0
     m.backbone.stride_in_1x1 = (groups == 1) if stride_in_1x1 is None else bool(stride_in_1x1)
     m.backbone.weights = None
+    m.backbone.dcn_stages = _dcn_stages(state)
 
     fpn_channels = int(_require(state, "backbone.fpn.fpn_inner2.weight").shape[0])
     p6_in = int(_require(state, "backbone.fpn.top_blocks.p6.weight").shape[1])
@@ -153,17 +163,16 @@ def infer_config(
     m.fpn.channels = fpn_channels
     m.fpn.p7_from_relu = True
 
-    tower = {
-        int(m_.group(1)): state[k].ndim
-        for k in state
-        if (m_ := re.fullmatch(r"rpn\.head\.cls_tower\.(\d+)\.weight", k))
-    }
-    convs = sorted(i for i, ndim in tower.items() if ndim == 4)
-    norms = sorted(i for i, ndim in tower.items() if ndim == 1)
+    # The box tower is built alike; a checkpoint whose towers differ fails the
+    # weight copy, naming the keys.
+    convs, norms, deformable = _tower_layout(state, "cls_tower")
     m.head.num_convs = len(convs)
     m.head.use_group_norm = bool(norms)
+    m.head.dcn = bool(deformable)
     m.head.channels = (
-        int(state[f"rpn.head.cls_tower.{convs[0]}.weight"].shape[0]) if convs else fpn_channels
+        int(state[_tower_conv_key("cls_tower", convs[0], deformable and len(convs) == 1)].shape[0])
+        if convs
+        else fpn_channels
     )
 
     num_anchors = int(_require(state, "rpn.head.bbox_pred.bias").shape[0]) // 4
@@ -193,6 +202,70 @@ def infer_config(
     return cfg
 
 
+def _check_deformable_keys(state: dict[str, np.ndarray]) -> None:
+    """Refuse deformable convs the model does not have: other code bases' key
+    names, DCNv1 or several deformable groups (not 27 offset channels)."""
+    foreign = sorted(k for k in state if _FOREIGN_DCN.search(k))
+    if foreign:
+        raise ConversionError(
+            "deformable convolution keys of another code base (not sfzhang15/ATSS's "
+            "'<conv>.offset.weight'): "
+            + ", ".join(foreign[:6])
+            + (", ..." if len(foreign) > 6 else "")
+        )
+    for key in sorted(k for k in state if k.endswith(".offset.weight")):
+        channels = int(state[key].shape[0])
+        if channels != OFFSET_CONV_CHANNELS:
+            raise ConversionError(
+                f"{key} has {channels} output channels: only modulated deformable convs "
+                f"(DCNv2) with one deformable group ({OFFSET_CONV_CHANNELS}) are supported"
+            )
+
+
+def _dcn_stages(state: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The stages (``c2`` .. ``c5``) whose every bottleneck has a deformable conv2."""
+    with_dcn: dict[int, set[int]] = {}
+    for key in state:
+        if m_ := _STAGE_DCN.match(key):
+            with_dcn.setdefault(int(m_.group(1)), set()).add(int(m_.group(2)))
+    stages = []
+    for s, blocks in sorted(with_dcn.items()):
+        prefix = f"backbone.body.layer{s}."
+        every = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+        if blocks != every:
+            raise ConversionError(
+                f"backbone.body.layer{s} has deformable conv2 in blocks {sorted(blocks)} "
+                f"of {sorted(every)}: only whole DCN stages (official "
+                "STAGE_WITH_DCN) are supported"
+            )
+        stages.append(f"c{s + 1}")
+    return tuple(stages)
+
+
+def _tower_conv_key(tower: str, index: int, deformable: bool) -> str:
+    return f"rpn.head.{tower}.{index}.{'conv.weight' if deformable else 'weight'}"
+
+
+def _tower_layout(state: dict[str, np.ndarray], tower: str) -> tuple[list, list, bool]:
+    """``(conv indices, GroupNorm indices, last conv deformable)`` of a head tower."""
+    layers: dict[int, str] = {}
+    for key, value in state.items():
+        if m_ := re.fullmatch(rf"rpn\.head\.{tower}\.(\d+)\.(weight|conv\.weight)", key):
+            kind = (
+                "dcn" if m_.group(2) == "conv.weight" else ("conv" if value.ndim == 4 else "norm")
+            )
+            layers[int(m_.group(1))] = kind
+    convs = sorted(i for i, kind in layers.items() if kind != "norm")
+    norms = sorted(i for i, kind in layers.items() if kind == "norm")
+    dcn = [i for i in convs if layers[i] == "dcn"]
+    if dcn and dcn != convs[-1:]:
+        raise ConversionError(
+            f"rpn.head.{tower} has deformable convs at {dcn}: only its last conv may be "
+            "one (official USE_DCN_IN_TOWER)"
+        )
+    return convs, norms, bool(dcn)
+
+
 def _conv_kernel(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (2, 3, 1, 0))  # OIHW -> HWIO
 
@@ -202,12 +275,17 @@ def official_weight_map(model) -> dict[str, tuple[Any, Any]]:
 
     ``transform`` maps the checkpoint array to the variable's layout.
     """
+    from atss_tf.model import ModulatedDeformConv2D
+
     out: dict[str, tuple[Any, Any]] = {}
 
     def ident(x):
         return x
 
     def conv(key, layer):
+        if isinstance(layer, ModulatedDeformConv2D):
+            conv(f"{key}.offset", layer.offset)
+            key = f"{key}.conv"
         out[f"{key}.weight"] = (layer.kernel, _conv_kernel)
         if layer.bias is not None:
             out[f"{key}.bias"] = (layer.bias, ident)
