@@ -20,6 +20,11 @@ from atss_tf.targets import TargetEncoder
 from tests.helpers.fixtures import DCN_FIXTURES, DCN_MODELS, fixture_path, inclusive_to_continuous
 from tests.helpers.tiny import loss_args
 
+# Converting, writing and reloading a 130 MB model and running it takes about 20 s a
+# checkpoint; the default lane checks the converted DCN layers alone
+# (tests/test_model_dcn.py).
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-4  # norm(diff) / norm(ref) per tensor (fixture README)
 CANVAS = (320, 416)  # the 320 x 400 crop, padded on the right to a multiple of 32
 # What each checkpoint is (fixture README): backbone settings, DCN stages, tensors, parameters.

@@ -4,6 +4,9 @@ backbone, and the converter reading (or refusing) DCN checkpoint keys."""
 
 from __future__ import annotations
 
+import json
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -79,6 +82,27 @@ def test_a_small_dcn_model_saves_reloads_and_trains(tmp_path):
     grads = tape.gradient(loss, offsets)
     assert all(np.isfinite(g).all() for g in grads)
     assert all(np.abs(g).max() > 0 for g in grads[::2])  # every offset kernel learns
+
+
+def test_a_format_3_file_reads_as_a_network_without_dcn(tmp_path):
+    """atss-tf 0.3 wrote format 3, without the DCN settings."""
+    path = tmp_path / "m.keras"
+    build_detector(tiny_config()).save(path)
+    old = tmp_path / "v0_3.keras"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(old, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                entries = config["config"]
+                assert entries["format_version"] == 4
+                entries["format_version"] = 3
+                del entries["detector"]["model"]["backbone"]["dcn_stages"]
+                del entries["detector"]["model"]["head"]["dcn"]
+                data = json.dumps(config).encode()
+            zout.writestr(item, data)
+    model = load_detector(old).detector_config.model
+    assert model.backbone.dcn_stages == () and model.head.dcn is False
 
 
 def test_imagenet_weights_fill_the_deformable_kernels():
@@ -168,6 +192,30 @@ def test_infer_config_refuses_other_deformable_layouts(edit, message):
 def test_infer_config_refuses_a_deformable_conv_before_a_towers_last():
     with pytest.raises(ConversionError, match="only its last conv"):
         infer_config(_shape_only_state({}, head_dcn=3))
+
+
+@pytest.mark.parametrize(
+    "model, name, layer",
+    [
+        ("x50_32x4d_dcn", "backbone.body.layer3.0.conv2", lambda m: m.backbone.stages[2][0].conv2),
+        ("r50_dcn", "rpn.head.cls_tower.9", lambda m: m.head.cls_tower_convs[3]),
+    ],
+)
+def test_converted_dcn_layers_reproduce_the_recorded_ones(official_dcn_outputs, model, name, layer):
+    """The checkpoint's offset conv, kernel and bias mapped into the layer: the
+    authors' output from their input alone (the stride-2, 32-group first DCN of
+    ResNeXt's c4, and the head's DCN with bias)."""
+    from atss_tf.convert.official import load_official_weights, strip_prefix
+    from atss_tf.convert.torch_pickle import load_state_dict
+    from tests.helpers.fixtures import DCN_FIXTURES, dcn_layer_record, fixture_path
+
+    state = strip_prefix(load_state_dict(fixture_path(f"{model}.pth", DCN_FIXTURES)))
+    detector = build_detector(infer_config(state))
+    load_official_weights(detector, state)
+    rec = dcn_layer_record(official_dcn_outputs[model], name)
+    got = np.asarray(layer(detector)(rec["input"]), np.float64)
+    want = rec["output"]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
 
 
 def test_the_layer_is_registered_for_model_files():

@@ -1,5 +1,8 @@
 """What a detector's ``.keras`` file holds, by format version, and the migrations.
 
+Format 4: format 3 with the deformable-conv settings ``model.backbone.dcn_stages``
+and ``model.head.dcn`` (an older file is read with none: its network has no DCN).
+
 Format 3 (atss-tf >= 0.3): ``ATSSDetector.get_config`` stores
 ``{"format_version": 3, "detector": <DetectorConfig as a dict>}`` - the network,
 anchors, normalisation, box geometry, post-processing, class names, the
@@ -23,7 +26,7 @@ from typing import Any
 from atss_tf.config import DetectorConfig, detector_config_from_dict, from_dict, to_dict
 from atss_tf.errors import CheckpointError, ConfigError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def detector_config_to_file(config: DetectorConfig) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def detector_config_from_file(entries: dict[str, Any]) -> DetectorConfig:
     try:
         if version == 1:
             return _from_format_1(entries["config"])
-        if version in (2, FORMAT_VERSION):
+        if version in (2, 3, FORMAT_VERSION):
             return detector_config_from_dict(entries["detector"])
     except ConfigError as e:
         raise CheckpointError(
