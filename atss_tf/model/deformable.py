@@ -32,6 +32,12 @@ keeping all nine taps' corners and samples (``45 * B * N * C`` values at
 stride 1). Plain TensorFlow ops, static shapes where the input's are,
 XLA-compilable.
 
+Measured (``benchmarks/deformable.py``, CPU, float32, batch 2, R-50 c4/c5 and
+head P3 of an 800 x 1333 image): in graph mode or with XLA the forward pass
+takes 1.1-1.8x a plain 3x3 conv and peaks at 5-7x its input (im2col: 45-75x);
+forward + backward take 1.2-2.6x the plain conv's and peak at 15-36x the input
+(im2col: 85-170x, the plain conv 6-27x). Eagerly it is 3-5x the plain conv.
+
 Precision: sampling positions and bilinear weights are computed in float32
 (float64 for float64 inputs) whatever the compute dtype; the gathers, weights
 and products run in the compute dtype and the nine taps are summed in float32
