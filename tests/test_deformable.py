@@ -71,9 +71,10 @@ def test_a_recorded_official_layer_is_reproduced(official_dcn_outputs, model, na
 
 
 def test_the_layer_applies_its_offset_conv_sigmoid_and_bias(official_dcn_outputs):
-    """The layer on the recorded head DCN's weights, its offset conv made to
-    output the recorded offsets (kernel 0, bias = the recorded map is not a
-    conv): the same output through the layer's own call."""
+    """The layer with the recorded head DCN's kernel and bias, its offset conv
+    made constant (kernel 0, bias one position's recorded 27 values): its own
+    call (offset conv, split, sigmoid, bias) equals the function given those
+    offsets and masks everywhere."""
     rec = dcn_layer_record(official_dcn_outputs["r50_dcn"], "rpn.head.cls_tower.9")
     layer = ModulatedDeformConv2D(rec["kernel"].shape[-1], use_bias=True)
     x = rec["input"][:, :6, :7]
