@@ -45,7 +45,7 @@ from atss_tf.data.transforms import (
     pad_to_canvas,
 )
 from atss_tf.export import DetectionServing, request_input, write_saved_model
-from atss_tf.tta import TTADetector, merge_detections, pass_detections
+from atss_tf.tta import TTADetector, pass_detections
 from atss_tf.tta.detect import final_to_original
 from atss_tf.tta.passes import area_bounds, serving_canvases
 
@@ -80,16 +80,7 @@ class TTAServing(DetectionServing):
             max_pixels,
         )
         self.runner = runner
-        dc = runner.model.detector_config
-        self.merge = functools.partial(
-            merge_detections,
-            method=runner.tta.merge,
-            num_classes=dc.model.num_classes,
-            vote_iou=runner.tta.vote_iou,
-            decayed_score_threshold=runner.tta.decayed_score_threshold,
-            nms_iou=dc.postprocess.nms_iou,
-            max_detections=runner.tta.max_detections,
-        )
+        self.merge = runner.merge_fn
 
     def _group(self, image, g: int, first_size):
         """Pass group ``g`` on one image -> ``(rescaled, scores, classes, kept,

@@ -52,7 +52,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from atss_tf.model.layers import KAIMING_UNIFORM_A1, TorchConv2D
+from atss_tf.model.layers import KAIMING_UNIFORM_A1, TorchConv2D, build_conv_weights
 
 TAPS = 9  # 3 x 3 kernel
 OFFSET_CHANNELS = 2 * TAPS  # (dy, dx) per tap: channels 2k, 2k + 1
@@ -323,26 +323,8 @@ class ModulatedDeformConv2D(keras.layers.Layer):
         )
 
     def build(self, input_shape: Sequence[int | None]) -> None:
-        in_channels = int(input_shape[-1])
-        if in_channels % self.groups:
-            raise ValueError(
-                f"{self.name}: input channels {in_channels} not divisible by groups={self.groups}"
-            )
         self.offset.build(input_shape)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(3, 3, in_channels // self.groups, self.filters),
-            initializer=self.kernel_initializer,
-            trainable=not self.frozen,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                trainable=not self.frozen,
-            )
+        build_conv_weights(self, input_shape, 3)
 
     def call(self, inputs):
         offset_mask = self.offset(inputs)

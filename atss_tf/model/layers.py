@@ -20,6 +20,35 @@ KAIMING_UNIFORM_A1 = {
 """PyTorch ``kaiming_uniform_(a=1)``: bound ``sqrt(3 / fan_in)``."""
 
 
+def build_conv_weights(layer: keras.layers.Layer, input_shape, kernel_size: int) -> None:
+    """Add ``layer.kernel`` ``[k, k, C_in / groups, filters]`` and ``layer.bias``
+    ``[filters]`` (None without ``use_bias``) from the layer's ``filters``,
+    ``groups``, initialisers and ``frozen`` (not trainable when set).
+
+    Raises:
+        ValueError: the input channels are not a multiple of ``groups``.
+    """
+    in_channels = int(input_shape[-1])
+    if in_channels % layer.groups:
+        raise ValueError(
+            f"{layer.name}: input channels {in_channels} not divisible by groups={layer.groups}"
+        )
+    layer.kernel = layer.add_weight(
+        name="kernel",
+        shape=(kernel_size, kernel_size, in_channels // layer.groups, layer.filters),
+        initializer=layer.kernel_initializer,
+        trainable=not layer.frozen,
+    )
+    layer.bias = None
+    if layer.use_bias:
+        layer.bias = layer.add_weight(
+            name="bias",
+            shape=(layer.filters,),
+            initializer=layer.bias_initializer,
+            trainable=not layer.frozen,
+        )
+
+
 @keras.saving.register_keras_serializable(package="atss_tf")
 class TorchConv2D(keras.layers.Layer):
     """2D convolution with PyTorch's symmetric zero padding.
@@ -74,26 +103,7 @@ class TorchConv2D(keras.layers.Layer):
             raise ValueError(f"filters={self.filters} is not divisible by groups={self.groups}")
 
     def build(self, input_shape: Sequence[int | None]) -> None:
-        in_channels = int(input_shape[-1])
-        if in_channels % self.groups:
-            raise ValueError(
-                f"{self.name}: input channels {in_channels} not divisible by groups={self.groups}"
-            )
-        k = self.kernel_size
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(k, k, in_channels // self.groups, self.filters),
-            initializer=self.kernel_initializer,
-            trainable=not self.frozen,
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                trainable=not self.frozen,
-            )
+        build_conv_weights(self, input_shape, self.kernel_size)
 
     def _same_is_symmetric(self) -> bool:
         return (

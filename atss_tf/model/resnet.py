@@ -23,6 +23,7 @@ stage (``dcn_stages``) ``conv2`` is a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
@@ -120,25 +121,12 @@ class BottleneckBlock(keras.layers.Layer):
         width, f = self.bottleneck_channels, self.frozen
         self.conv1 = _conv(width, 1, strides=s1, frozen=f, name="conv1", dtype=self.dtype_policy)
         self.bn1 = make_norm(self.norm, "bn1", self.frozen, dtype=self.dtype_policy)
-        if self.deformable:
-            self.conv2 = ModulatedDeformConv2D(
-                width,
-                strides=s3,
-                groups=self.groups,
-                frozen=f,
-                name="conv2",
-                dtype=self.dtype_policy,
-            )
-        else:
-            self.conv2 = _conv(
-                width,
-                3,
-                strides=s3,
-                groups=self.groups,
-                frozen=f,
-                name="conv2",
-                dtype=self.dtype_policy,
-            )
+        conv2 = (
+            ModulatedDeformConv2D if self.deformable else functools.partial(_conv, kernel_size=3)
+        )
+        self.conv2 = conv2(
+            width, strides=s3, groups=self.groups, frozen=f, name="conv2", dtype=self.dtype_policy
+        )
         self.bn2 = make_norm(self.norm, "bn2", self.frozen, dtype=self.dtype_policy)
         self.conv3 = _conv(self.out_channels, 1, frozen=f, name="conv3", dtype=self.dtype_policy)
         self.bn3 = make_norm(self.norm, "bn3", self.frozen, dtype=self.dtype_policy)

@@ -112,7 +112,9 @@ class TTADetector:
             reduction="concat",
             eager=run_eagerly,
         )
-        merge = functools.partial(
+        # The merge with this detector's settings, uncompiled (the TTA
+        # SavedModel traces it into its own graph).
+        self.merge_fn = merge = functools.partial(
             merge_detections,
             method=self.tta.merge,
             num_classes=dc.model.num_classes,
