@@ -17,7 +17,6 @@ from atss_tf.convert import (
     CheckpointError,
     ConversionError,
     UnsafeCheckpointError,
-    infer_config,
     load_checkpoint,
     load_official_weights,
     load_state_dict,
@@ -521,11 +520,3 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     assert "mis-shaped keys (1): backbone.body.stem.bn1.running_var (5,)" in msg
     assert "anchor_generator" not in msg
     np.testing.assert_array_equal(np.asarray(model.head.cls_logits.kernel), before)  # untouched
-
-
-def test_deformable_checkpoints_are_refused_clearly():
-    state = {"backbone.body.layer2.0.conv2.offset.weight": np.zeros((27, 128, 3, 3))}
-    with pytest.raises(
-        ConversionError, match="deformable convolution checkpoints are not supported"
-    ):
-        infer_config(state)
