@@ -21,6 +21,8 @@ The vocabulary:
   increasing) whose every number passes another check (``positive strides``).
 * :class:`OrValue`: another check, or one special value (``-1`` for AUTOTUNE).
 * :class:`Free`: any value its type admits, with the reason (paths, switches).
+* :class:`FileSuffix`: a path ending in one of a few suffixes, or null
+  (``train.init_from``: ``.keras`` or ``.pth``).
 * :class:`Related`: checked together with other keys, by a rule of
   :data:`atss_tf.config.validation.RULES` (``train.accumulate_steps`` must
   divide ``data.batch_size``).
@@ -246,6 +248,22 @@ class Free(Check):
     @property
     def expected(self) -> str:
         return f"anything ({self.why})"
+
+
+@dataclass(frozen=True)
+class FileSuffix(Check):
+    """A path (local or remote) whose name ends in one of ``suffixes``
+    (``.keras``), or null."""
+
+    suffixes: tuple[str, ...]
+    what: str = "a file"
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and value.endswith(self.suffixes))
+
+    @property
+    def expected(self) -> str:
+        return f"{self.what} ending in {' or '.join(self.suffixes)}; null: none"
 
 
 @dataclass(frozen=True)

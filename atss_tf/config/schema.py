@@ -21,6 +21,7 @@ from atss_tf.config.checks import (
     COMPAT_SWITCH,
     PATH,
     SWITCH,
+    FileSuffix,
     Free,
     Items,
     MultipleOf,
@@ -310,6 +311,14 @@ class TrainConfig:
     # Batches per Keras train_function call (fewer Python round trips per step).
     steps_per_execution: int = setting(1, AT_LEAST_1)
     seed: int = setting(0, Free("any seed"))
+    # Fine-tuning: start from the weights of this model (a .keras file of
+    # atss-tf train or convert, or an official .pth checkpoint) wherever a
+    # tensor's name and shape fit; the classification layer of other classes
+    # starts afresh (training/init_from.py). A run that resumes from its own
+    # checkpoint does not read it; it replaces model.backbone.weights.
+    init_from: str | None = setting(
+        None, FileSuffix((".keras", ".pth"), "a model file, local or remote,")
+    )
 
 
 @dataclass

@@ -141,7 +141,9 @@ def build_training_model(
     ``mixed_bfloat16`` its layers compute in 16 bits (the global dtype policy
     is left as it was). With ``model.backbone.weights: imagenet`` the
     backbone starts from keras.applications' ResNet50/101 (downloaded by
-    Keras on first use; :mod:`atss_tf.convert.keras_applications`)."""
+    Keras on first use; :mod:`atss_tf.convert.keras_applications`) unless
+    ``train.init_from`` is set: :func:`train` then copies that model's
+    weights in (:mod:`atss_tf.training.init_from`)."""
     from atss_tf.convert.keras_applications import load_imagenet_backbone
     from atss_tf.model import build_detector
 
@@ -150,7 +152,7 @@ def build_training_model(
     policy = precision if precision != "float32" else keras.config.dtype_policy().name
     with strategy.scope(), dtype_policy(policy):
         model = build_detector(detector or cfg)
-        if cfg.model.backbone.weights == "imagenet":
+        if cfg.model.backbone.weights == "imagenet" and not cfg.train.init_from:
             load_imagenet_backbone(model.backbone)
         compile_detector(model, cfg)
         model.optimizer.build(model.trainable_variables)
@@ -163,6 +165,7 @@ RESUMABLE_KEYS = (
     "train.max_iters",
     "train.eval_every_epochs",
     "train.jit_compile",
+    "train.init_from",  # read only when a run starts, not when it resumes
     "data.val_annotations",
     "data.val_images",
     "data.val_tfrecords",
@@ -210,7 +213,10 @@ def train(
     on_resume: Callable[[dict], None] | None = None,
 ) -> keras.Model:
     """Train ``cfg`` into ``out_dir`` (local, or remote such as ``gs://bucket/run``),
-    resuming from its last checkpoint if any.
+    resuming from its last checkpoint if any. A run that starts (no checkpoint
+    yet) with ``train.init_from`` copies that model's weights in first and
+    logs what it loaded and what it initialised (:mod:`atss_tf.training.init_from`);
+    a resumed run takes its weights from its checkpoint only.
 
     Writes ``out_dir/config.yaml``, ``checkpoints/`` (model + optimizer state at
     every epoch end, epoch = ``train.steps_per_epoch`` steps), ``logs/``
@@ -222,7 +228,8 @@ def train(
     Raises:
         ConfigError: ``out_dir`` holds a checkpointed run of a different config.
         DataError: no usable training data.
-        CheckpointError: a checkpoint cannot be written (the previous one is kept).
+        CheckpointError: a checkpoint cannot be written (the previous one is
+            kept), or ``train.init_from`` is not a detector or has another backbone.
     """
     from atss_tf.data.pipeline import build_dataset, open_source
     from atss_tf.data.splits import has_split, split_source
@@ -244,6 +251,8 @@ def train(
     latest = ckpt.latest()
     if latest is not None:
         check_resume_config(cfg, out)
+    elif cfg.train.init_from and not files.exists(cfg.train.init_from):
+        raise FileNotFoundError(f"train.init_from model not found: {cfg.train.init_from}")
     keras.utils.set_random_seed(cfg.train.seed)
     # A resumed run sees a new (still reproducible) stream of images.
     initial_epoch = int(latest["epoch"]) if latest else 0
@@ -271,6 +280,13 @@ def train(
         )
         if on_resume is not None:
             on_resume(info)
+        if cfg.train.init_from:
+            logger.info("train.init_from=%s not read: the run resumes.", cfg.train.init_from)
+    elif cfg.train.init_from:
+        from atss_tf.training.init_from import init_from
+
+        for line in init_from(model, cfg.train.init_from).lines():
+            logger.info("%s", line)
     epochs = math.ceil(cfg.train.max_iters / cfg.train.steps_per_epoch)
 
     log = TrainingLog(files.join(written, "logs"), every_n_steps=min(50, cfg.train.steps_per_epoch))
