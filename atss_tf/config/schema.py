@@ -270,6 +270,9 @@ class DataConfig:
     max_image_pixels: int = setting(DEFAULT_MAX_PIXELS, Range(ge=0, note="0: no limit"))
     flip_prob: float = setting(0.5, Range(ge=0, le=1))
     crowd: str = setting("drop", OneOf(("drop", "ignore"), form="or"))  # drop | ignore
+    # Training keeps images without a box (background images added on purpose)
+    # as all-negative examples; false: skips them, as the authors' code does.
+    keep_empty_images: bool = setting(False, SWITCH)
     batch_size: int = setting(16, AT_LEAST_1)  # global batch
     shuffle_buffer: int = setting(1000, AT_LEAST_0)
     # -1: tf.data.AUTOTUNE

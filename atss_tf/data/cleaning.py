@@ -9,8 +9,9 @@ category ids, the image size - and is cleaned here:
   dropped; boxes with width or height <= 0 dropped; boxes clipped to the
   image and dropped if nothing is left.
 * :func:`admit_image`, per image: training skips an image left with no
-  non-crowd box; beyond ``max_instances`` the first boxes (source order) are
-  kept.
+  non-crowd box (the authors' rule), or keeps it as an all-negative example
+  with ``keep_empty`` (``data.keep_empty_images``: background images added on
+  purpose); beyond ``max_instances`` the first boxes (source order) are kept.
 
 Both count what they do in a :class:`~atss_tf.data.coco.DataReport`. The COCO
 json reader runs :func:`clean_boxes` once over all annotations of a file,
@@ -82,7 +83,12 @@ def clean_boxes(
 
 
 def admit_image(
-    report, num_annotations: int, kept_crowd, training: bool, max_instances: int | None
+    report,
+    num_annotations: int,
+    kept_crowd,
+    training: bool,
+    max_instances: int | None,
+    keep_empty: bool = False,
 ) -> int | None:
     """The per-image rules, counted in ``report``.
 
@@ -92,6 +98,7 @@ def admit_image(
         kept_crowd: bool ``[k]`` crowd flags of the boxes :func:`clean_boxes` kept.
         training: skip images without a non-crowd box (official training).
         max_instances: boxes kept per image (None: all).
+        keep_empty: training keeps such images (as negatives) instead.
 
     Returns:
         How many of the kept boxes to use (the first ones), or None when
@@ -101,13 +108,15 @@ def admit_image(
     report.add("images")
     report.add("annotations", num_annotations)
     if training and not any(not c for c in kept_crowd):
-        report.add(
-            "images_without_valid_boxes_skipped"
-            if num_annotations
-            else "images_without_annotations_skipped"
-        )
-        return None
-    if not num_annotations:
+        if not keep_empty:
+            report.add(
+                "images_without_valid_boxes_skipped"
+                if num_annotations
+                else "images_without_annotations_skipped"
+            )
+            return None
+        report.add("images_kept_as_negatives")
+    elif not num_annotations:
         report.add("images_without_annotations_kept")
     if max_instances is not None and k > max_instances:
         report.add("images_truncated")

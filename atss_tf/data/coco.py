@@ -48,6 +48,7 @@ REPORT_KEYS = {
     "images_without_annotations_skipped": "images without annotations skipped",
     "images_without_annotations_kept": "images without annotations kept",
     "images_without_valid_boxes_skipped": "images whose boxes were all dropped, skipped",
+    "images_kept_as_negatives": "images without a box kept as negatives (keep_empty_images)",
     "bad_images_skipped": "missing, corrupt, truncated or oversized image files skipped",
     "annotations": "annotations listed",
     "boxes_kept": "boxes kept",
@@ -280,6 +281,7 @@ def load_coco(
     training: bool,
     crowd: str = "drop",
     max_instances: int | None = 100,
+    keep_empty_images: bool = False,
     image_check: str = "quick",
     bad_images: str = "skip",
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -289,8 +291,8 @@ def load_coco(
     The boxes are cleaned by the rules of :mod:`atss_tf.data.cleaning` (the
     same as for TFRecords), beyond ``max_instances`` per image (``None``: no
     limit) the first ones in json order are kept, and images with no
-    annotation, or none left, are skipped when ``training`` and kept (with
-    zero boxes) otherwise. Every case is counted in the returned report,
+    annotation, or none left, are skipped when ``training`` (unless
+    ``keep_empty_images``) and kept (with zero boxes) otherwise. Every case is counted in the returned report,
     which is logged once.
 
     Args:
@@ -299,6 +301,8 @@ def load_coco(
         training: skip images without boxes (official training behaviour).
         crowd: ``"drop"`` or ``"ignore"``.
         max_instances: boxes kept per image.
+        keep_empty_images: training keeps images without a box too (they
+            give only negative targets), counted as ``images_kept_as_negatives``.
         image_check: ``"quick"`` (header, dimensions, truncation, pixel limit;
             ~0.1 ms a file), ``"full"`` (also decode every pixel with PIL, ~5 ms
             a COCO image) or ``"none"``: see :mod:`atss_tf.data.image_files`.
@@ -363,7 +367,9 @@ def load_coco(
     for i, im in enumerate(images):
         rows = order[bounds[i] : bounds[i + 1]]
         kept = rows[keep[rows]]
-        count = admit_image(report, len(rows), is_crowd[kept], training, max_instances)
+        count = admit_image(
+            report, len(rows), is_crowd[kept], training, max_instances, keep_empty_images
+        )
         if count is None:
             continue
         kept = kept[:count]

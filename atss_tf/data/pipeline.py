@@ -78,7 +78,7 @@ def resolve_category_map(source: SplitSource, num_classes: int) -> CategoryMap:
 
 def load_split(source: SplitSource) -> CocoDataset:
     """:func:`load_coco` of a split's json and image folder with its cleaning
-    (training skips empty images)."""
+    (training skips empty images unless ``data.keep_empty_images``)."""
     if not (source.annotations and source.images):
         raise DataError(
             f"data.{source.split}_annotations and data.{source.split}_images must both be set"
@@ -172,10 +172,12 @@ def _tfrecord_records(
     training: bool,
     seed: int,
     max_pixels: int = 0,
+    skip_empty: bool = False,
 ) -> tf.data.Dataset:
     """Parsed, annotation-cleaned records (images still encoded). Records whose
     image is truncated, not an image or above ``max_pixels`` are skipped, each
-    named on stderr (:func:`tfrecords.encoded_image_problem`)."""
+    named on stderr (:func:`tfrecords.encoded_image_problem`), and with
+    ``skip_empty`` those left without a non-crowd box."""
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -214,7 +216,7 @@ def _tfrecord_records(
         tf.autograph.experimental.do_not_convert(parse), num_parallel_calls=tf.data.AUTOTUNE
     )
     ds = ds.filter(tf.autograph.experimental.do_not_convert(usable))
-    if training:  # the per-image rule of cleaning.admit_image, in the graph
+    if skip_empty:  # the per-image rule of cleaning.admit_image, in the graph
         ds = ds.filter(lambda e: tf.reduce_any(tf.logical_not(e["is_crowd"])))
     return ds
 
@@ -307,6 +309,7 @@ def open_source(
                 training=training,
                 crowd=cleaning.crowd,
                 max_instances=cleaning.max_instances,
+                keep_empty_images=cleaning.keep_empty_images,
             ).log(logger)
         else:
             logger.info(
@@ -315,11 +318,17 @@ def open_source(
                 source.tfrecords,
                 len(files),
                 cleaning.crowd,
-                "skipped" if training else "kept",
+                "skipped" if training and not cleaning.keep_empty_images else "kept",
                 cleaning.max_instances,
             )
         elements = _tfrecord_records(
-            files, category_map, cleaning.crowd, training, seed, cleaning.max_pixels
+            files,
+            category_map,
+            cleaning.crowd,
+            training,
+            seed,
+            cleaning.max_pixels,
+            skip_empty=training and not cleaning.keep_empty_images,
         )
         if training and next(iter(elements.take(1)), None) is None:
             raise DataError(

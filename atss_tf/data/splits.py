@@ -35,6 +35,8 @@ class Cleaning:
             behaviour); evaluation keeps them.
         crowd: ``"drop"`` or ``"ignore"`` (kept as ignore regions).
         max_instances: boxes kept per image (``None``: no limit).
+        keep_empty_images: training keeps images without a box as negatives
+            (``data.keep_empty_images``).
         image_check: ``"none"``, ``"quick"`` or ``"full"`` (COCO image files).
         bad_images: ``"skip"`` or ``"error"``.
         max_pixels: images above this many pixels are refused (0: no limit).
@@ -43,6 +45,7 @@ class Cleaning:
     training: bool
     crowd: str = "drop"
     max_instances: int | None = 100
+    keep_empty_images: bool = False
     image_check: str = "quick"
     bad_images: str = "skip"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -55,6 +58,7 @@ class Cleaning:
             training=split == "train",
             crowd=data.crowd,
             max_instances=data.max_instances,
+            keep_empty_images=data.keep_empty_images,
             image_check=data.image_check,
             bad_images=data.bad_images,
             max_pixels=data.max_image_pixels,

@@ -398,6 +398,7 @@ def scan_report(
     training: bool,
     crowd: str = "drop",
     max_instances: int | None = 100,
+    keep_empty_images: bool = False,
 ) -> DataReport:
     """Count what :func:`filter_annotations` and the pipeline's skipping and
     truncation do to a set of TFRecords, without decoding images (the
@@ -411,7 +412,14 @@ def scan_report(
         for key, c in zip(BOX_COUNTS, counts):
             report.add(key, int(c))
         dropped = int(sum(c for key, c in zip(BOX_COUNTS, counts) if key.endswith("_dropped")))
-        admit_image(report, len(ann["boxes"]) + dropped, ann["is_crowd"], training, max_instances)
+        admit_image(
+            report,
+            len(ann["boxes"]) + dropped,
+            ann["is_crowd"],
+            training,
+            max_instances,
+            keep_empty_images,
+        )
     return report
 
 
