@@ -305,24 +305,41 @@ class DetectionServing:
         return self.outputs(boxes, scores, labels, count, image_info)
 
     def outputs(self, boxes, scores, labels, count, image_info) -> dict[str, tf.Tensor]:
-        """The signature's outputs from detections in original pixels: boxes
-        ``[B, D, 4]`` xyxy, scores ``[B, D]``, labels ``[B, D]`` (1..C, 0 in
-        padding rows), count ``[B]`` and ``image_info`` ``[B, 4, 2]``."""
-        yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)
-        if self.normalized_boxes:
-            original = image_info[:, 0, :]  # (height, width)
-            yxyx = yxyx / tf.tile(original, [1, 2])[:, None, :]
-        category = tf.gather(self.category_ids, labels)
-        return {
-            "detection_boxes": yxyx,
-            "detection_scores": scores,
-            "detection_classes": category,
-            "detection_class_names": tf.where(
-                labels > 0, self.names.lookup(tf.cast(category, tf.int64)), ""
-            ),
-            "num_detections": count,
-            "image_info": image_info,
-        }
+        """The signature's outputs (:func:`detection_outputs` and the class names)."""
+        out = detection_outputs(
+            boxes, scores, labels, count, image_info, self.category_ids, self.normalized_boxes
+        )
+        out["detection_class_names"] = tf.where(
+            labels > 0, self.names.lookup(tf.cast(out["detection_classes"], tf.int64)), ""
+        )
+        return {k: out[k] for k in OUTPUT_KEYS}
+
+
+def detection_outputs(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    labels: tf.Tensor,
+    count: tf.Tensor,
+    image_info: tf.Tensor,
+    category_ids: tf.Tensor,
+    normalized_boxes: bool = False,
+) -> dict[str, tf.Tensor]:
+    """The numeric outputs of the module docstring (all but the class names)
+    from detections in original pixels: boxes ``[B, D, 4]`` float32 xyxy,
+    scores ``[B, D]``, labels ``[B, D]`` int32 (1..C, 0 in padding rows),
+    count ``[B]`` int32, ``image_info`` ``[B, 4, 2]`` and ``category_ids``
+    int32 ``[C + 1]`` (index 0: the padding rows' 0)."""
+    yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)
+    if normalized_boxes:
+        original = image_info[:, 0, :]  # (height, width)
+        yxyx = yxyx / tf.tile(original, [1, 2])[:, None, :]
+    return {
+        "detection_boxes": yxyx,
+        "detection_scores": scores,
+        "detection_classes": tf.gather(category_ids, labels),
+        "num_detections": count,
+        "image_info": image_info,
+    }
 
 
 def input_spec(input_type: str, batch_size: int | None = None) -> tf.TensorSpec:

@@ -1,5 +1,9 @@
 """``atss-tf export --weights W --out DIR``: a SavedModel for TF Serving in ``DIR/<version>/``.
 
+``--format litert``: ``DIR/model.tflite`` and ``DIR/model.json`` for the LiteRT
+interpreter instead, decoding and NMS inside, optionally quantized
+(``--quantize``); see :mod:`atss_tf.export_litert`.
+
 Pre-processing (decode, test-time resize, canvases), the network, decoding and
 class-aware NMS all run inside the SavedModel; see :mod:`atss_tf.export`.
 ``--tta``: the authors' test-time augmentation too, every pass and the merge
@@ -41,11 +45,32 @@ def add_arguments(parser) -> None:
         "--out", required=True, help="model base folder; the SavedModel goes to OUT/VERSION/"
     )
     parser.add_argument(
+        "--format",
+        choices=("savedmodel", "litert"),
+        default="savedmodel",
+        help="savedmodel (TF Serving, default) or litert (OUT/model.tflite and OUT/model.json "
+        "for the LiteRT interpreter, on the first canvas)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        metavar="{float16,dynamic,int8}",
+        help="with --format litert: float16 weights, int8 weights (dynamic), or int8 weights "
+        "and activations (int8, needs --calibration-images); default float32",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        default=None,
+        metavar="DIR",
+        help="with --quantize int8: a folder of images (.jpg, .png, ...) like those the model "
+        "will see, to calibrate the activation ranges on",
+    )
+    parser.add_argument(
         "--input-type",
         choices=SERVING_INPUT_TYPES,
-        default="image_bytes",
+        default=None,
         help="what the signature takes as 'inputs': string [B] encoded images (default), "
-        "uint8 [B, H, W, 3] images, or string [B] serialized tf.train.Example",
+        "uint8 [B, H, W, 3] images, or string [B] serialized tf.train.Example (SavedModel only)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="fix the batch size (default: any)"
@@ -89,6 +114,54 @@ def add_arguments(parser) -> None:
     )
 
 
+def litert_options(args) -> list | None:
+    """Check the options of ``--format litert`` (and that its own options come
+    with it); return the calibration image paths of ``--quantize int8``.
+
+    Raises:
+        UsageError: an option that does not apply, naming it.
+    """
+    if args.format != "litert":
+        for flag, value in (
+            ("--quantize", args.quantize),
+            ("--calibration-images", args.calibration_images),
+        ):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --format litert only")
+        return None
+    given = [
+        flag
+        for flag, value in (
+            ("--tta", args.tta or None),
+            ("--tta-image-sizes", args.tta_image_sizes),
+            ("--input-type", args.input_type),
+            ("--batch-size", args.batch_size),
+            ("--no-warmup", None if args.warmup else True),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} do not apply with --format litert (one uint8 image of the "
+            "first canvas in, no TTA, no warm-up)"
+        )
+    from atss_tf.export_litert import check_quantize
+
+    check_quantize(args.quantize, args.calibration_images)
+    if args.calibration_images is None:
+        return None
+    from atss_tf.commands.predict import IMAGE_SUFFIXES, image_paths
+
+    folder = args.calibration_images
+    if not os.path.isdir(folder):
+        raise UsageError(f"--calibration-images {folder}: not a folder")
+    try:
+        return image_paths([folder])
+    except UsageError:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UsageError(f"--calibration-images {folder}: no images in it ({suffixes})") from None
+
+
 def run(args) -> int:
     from atss_tf.config import DEFAULT_MAX_PIXELS, load_config
 
@@ -96,6 +169,9 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
 
+    calibration = litert_options(args)
+    if args.input_type is None:
+        args.input_type = "image_bytes"
     if args.tta_image_sizes is not None and not args.tta:
         raise UsageError("--tta-image-sizes needs --tta")
     if args.tta:
@@ -114,6 +190,8 @@ def run(args) -> int:
     model = load_detector(args.weights, config)
     params = test_transform(model, config)
     max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
+    if args.format == "litert":
+        return run_litert(args, model, params, calibration)
     if args.tta:
         from atss_tf.export_tta import export_tta_saved_model
 
@@ -164,4 +242,31 @@ def run(args) -> int:
             "Serve it with: docker run -p 8501:8501 "
             f"-v {base}:/models/{name} -e MODEL_NAME={name} tensorflow/serving"
         )
+    return 0
+
+
+def run_litert(args, model, params, calibration: list | None) -> int:
+    """``--format litert``: write and describe ``OUT/model.tflite`` (the test
+    size and canvases chosen as for the SavedModel; the first canvas is the input)."""
+    from atss_tf.export_litert import LITERT_OUTPUT_KEYS, METADATA_FILE, export_litert
+
+    path = export_litert(
+        model,
+        args.out,
+        min_size=max(params.min_size) if args.min_size is None else args.min_size,
+        max_size=params.max_size if args.max_size is None else args.max_size,
+        canvases=args.canvases
+        if args.canvases is not None or (args.min_size, args.max_size) != (None, None)
+        else params.canvases,
+        quantize=args.quantize,
+        calibration_images=calibration,
+        normalized_boxes=args.normalized_boxes,
+    )
+    meta = files.join(os.path.dirname(path), METADATA_FILE)
+    print(f"Wrote {path} ({args.quantize or 'float32'}) and {meta}")
+    print(
+        "  inputs: image uint8 [1, H, W, 3] (RGB, resized by the test-time rule, top-left on "
+        "the canvas), image_info float32 [1, 4, 2]"
+    )
+    print(f"  outputs: {', '.join(LITERT_OUTPUT_KEYS)}")
     return 0
