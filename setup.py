@@ -35,6 +35,7 @@ setup(
     extras_require={
         # tensorflow-serving-api: the tests read the SavedModel's warm-up
         # records with TF Serving's own protos (the export writes them without it).
+        # ai-edge-litert: the LiteRT interpreter the LiteRT export is tested in.
         "dev": [
             "pytest",
             "pytest-xdist",
@@ -43,6 +44,7 @@ setup(
             "nbformat",
             "ipykernel",
             "tensorflow-serving-api",
+            "ai-edge-litert",
         ],
     },
     entry_points={"console_scripts": ["atss-tf=atss_tf.cli:main"]},
