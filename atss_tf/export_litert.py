@@ -37,10 +37,9 @@ costs float32 precision (see :func:`atss_tf.postprocess.class_aware_nms`) and
 would be a second definition of the NMS, so it is not used.
 
 Quantization (``quantize``): None keeps float32; ``float16`` stores the
-weights as float16; ``dynamic`` stores them as int8 (activations float);
-``int8`` quantizes weights and activations, calibrated on images
-(:func:`calibration_samples`), with float fallback where an op has no int8
-kernel (the NMS).
+weights as float16; ``dynamic`` stores them as int8 (activations float,
+quantized on the fly in the convolutions). Full int8 is refused
+(:data:`INT8_UNAVAILABLE`).
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -72,7 +71,18 @@ LITERT_OUTPUT_KEYS = (
     "detection_classes",
     "num_detections",
 )
-QUANTIZE_MODES = ("float16", "dynamic", "int8")
+QUANTIZE_MODES = ("float16", "dynamic")
+# Full int8 (calibrated activations) is refused: TensorFlow 2.21's calibrator
+# (tf.lite's representative_dataset path) crashes the process with a
+# segmentation fault on the NMS's WHILE loops. Reproduced on toy graphs: a
+# tf.while_loop whose body reads a tensor from outside the loop (as every NMS
+# tile reads the sorted boxes) crashes it; loops over their own variables only
+# calibrate. The network alone calibrates, but the file would lose the NMS.
+INT8_UNAVAILABLE = (
+    "--quantize int8 is not available: TensorFlow's int8 calibrator crashes on the NMS "
+    "loops inside the model (tf.while_loop bodies reading outside tensors, TF 2.21); "
+    "use --quantize dynamic (int8 weights) or float16"
+)
 
 
 def litert_transform(
@@ -160,32 +170,7 @@ class LiteRTServing:
         return {k: out[k] for k in LITERT_OUTPUT_KEYS}
 
 
-def calibration_samples(
-    paths: Sequence[str | os.PathLike], params: TransformConfig
-) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
-    """The int8 converter's representative dataset: one :func:`prepare_input`
-    per image file, read as ``predict`` reads them.
-
-    Raises:
-        UsageError: no paths.
-    """
-    from atss_tf.inference import read_image
-
-    if not paths:
-        raise UsageError("int8 quantization needs calibration images: none were given")
-
-    def samples() -> Iterator[dict[str, np.ndarray]]:
-        for path in paths:
-            yield prepare_input(read_image(path), params)
-
-    return samples
-
-
-def _converter(
-    saved_model: str,
-    quantize: str | None,
-    representative: Callable[[], Iterator[dict[str, np.ndarray]]] | None,
-) -> tf.lite.TFLiteConverter:
+def _converter(saved_model: str, quantize: str | None) -> tf.lite.TFLiteConverter:
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=[SIGNATURE])
     # Builtins only: conversion fails if any op would need the Flex delegate.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -193,26 +178,22 @@ def _converter(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        converter.representative_dataset = representative
     return converter
 
 
-def check_quantize(quantize: str | None, calibration_images: Sequence[Any] | None) -> None:
-    """Refuse an unknown mode, int8 without calibration images, or images without int8.
+def check_quantize(quantize: str | None) -> None:
+    """Refuse an unknown mode, and ``int8`` (see :data:`INT8_UNAVAILABLE`).
 
     Raises:
         UsageError: naming the option and value.
     """
+    if quantize == "int8":
+        raise UsageError(INT8_UNAVAILABLE)
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise UsageError(
-            f"quantize must be one of {', '.join(QUANTIZE_MODES)} (or none: float32), "
+            f"--quantize must be one of {', '.join(QUANTIZE_MODES)} (or none: float32), "
             f"got {quantize!r}"
         )
-    if quantize == "int8" and calibration_images is None:
-        raise UsageError("--quantize int8 needs --calibration-images DIR (images to calibrate on)")
-    if quantize != "int8" and calibration_images is not None:
-        raise UsageError("--calibration-images applies to --quantize int8 only")
 
 
 def export_litert(
@@ -223,7 +204,6 @@ def export_litert(
     max_size: int | None = None,
     canvases: Sequence[Sequence[int]] | None = None,
     quantize: str | None = None,
-    calibration_images: Sequence[str | os.PathLike] | None = None,
     normalized_boxes: bool = False,
 ) -> str:
     """Write ``out_dir/model.tflite`` and ``out_dir/model.json`` (module docstring).
@@ -233,8 +213,7 @@ def export_litert(
         out_dir: a local or remote folder (created if missing).
         min_size, max_size, canvases: override the model's test-time shorter
             side, longer-side cap and canvases; the first canvas is the input.
-        quantize: None (float32), ``float16``, ``dynamic`` or ``int8``.
-        calibration_images: image files for ``int8`` (and only for it).
+        quantize: None (float32), ``float16`` or ``dynamic``.
         normalized_boxes: boxes in ``[0, 1]`` of the image height and width.
 
     Returns:
@@ -243,12 +222,11 @@ def export_litert(
     Raises:
         UsageError: an invalid option, or ``model.tflite`` exists in ``out_dir``.
     """
-    check_quantize(quantize, calibration_images)
+    check_quantize(quantize)
     params = litert_transform(model, min_size, max_size, canvases)
     target = files.join(os.fspath(out_dir), LITERT_FILE)
     if files.exists(target):
         raise UsageError(f"{target} exists: export into another --out")
-    representative = calibration_samples(calibration_images, params) if quantize == "int8" else None
     scratch = tempfile.mkdtemp(prefix="litert-")
     try:
         module = LiteRTServing(model, params, normalized_boxes)
@@ -256,7 +234,7 @@ def export_litert(
         archive.add_endpoint(SIGNATURE, module.serve, input_signature=module.input_spec)
         saved = os.path.join(scratch, "saved_model")
         archive.write_out(saved, verbose=False)
-        flatbuffer = _converter(saved, quantize, representative).convert()
+        flatbuffer = _converter(saved, quantize).convert()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     files.makedirs(out_dir)

@@ -1,6 +1,6 @@
 """The LiteRT export: ``atss-tf export --format litert`` run in the ai-edge-litert
 interpreter against the Keras model on the same image, quantized files within
-their measured bounds, and the options it refuses."""
+their measured bounds (slow lane), and the options it refuses."""
 
 from __future__ import annotations
 
@@ -96,15 +96,9 @@ def test_float32_file_gives_the_keras_detections(tiny, tmp_path):
 def test_bad_litert_options_are_refused_naming_them(tiny, tmp_path, capsys):
     base = ["export", "--weights", str(tiny["weights"]), "--out", str(tmp_path / "x")]
     lite = [*base, "--format", "litert"]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "notes.txt").write_text("no images here")
     cases = [
-        (["--quantize", "int4"], "quantize must be one of float16, dynamic, int8"),
-        (["--quantize", "int8"], "--quantize int8 needs --calibration-images DIR"),
-        (["--quantize", "int8", "--calibration-images", str(empty)], "no images in it"),
-        (["--quantize", "int8", "--calibration-images", str(tmp_path / "nope")], "not a folder"),
-        (["--calibration-images", str(empty)], "applies to --quantize int8 only"),
+        (["--quantize", "int4"], "--quantize must be one of float16, dynamic (or none: float32)"),
+        (["--quantize", "int8"], "--quantize int8 is not available"),
         (["--tta"], "--tta do not apply with --format litert"),
         (["--input-type", "image_tensor"], "--input-type do not apply with --format litert"),
     ]
@@ -132,27 +126,19 @@ def _errors(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str,
     return {"score": score, "matched": matched}
 
 
-# Measured on the tiny untrained model and the photo (2026-12-07): see
-# benchmarks/RESULTS.md for a trained model. Bounds leave room above them.
+# Measured on the tiny untrained model and the photo (2026-12-07): float16
+# 6.2e-5 and 20/20 boxes, dynamic 1.8e-3 and 19/20; benchmarks/RESULTS.md has a
+# trained model's. The bounds leave room above them.
 BOUNDS = {
-    "float16": {"score": 1e-3, "matched": 0.95},
-    "dynamic": {"score": 5e-3, "matched": 0.8},
-    "int8": {"score": 2e-2, "matched": 0.5},
+    "float16": {"score": 5e-4, "matched": 0.95},
+    "dynamic": {"score": 1e-2, "matched": 0.85},
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["float16", "dynamic", "int8"])
+@pytest.mark.parametrize("mode", ["float16", "dynamic"])
 def test_quantized_files_stay_within_their_measured_bounds(tiny, tmp_path, mode):
-    extra = ["--quantize", mode]
-    if mode == "int8":
-        calibration = tmp_path / "calibration"
-        calibration.mkdir()
-        photo = load_fixture("official_outputs.npz")["input_rgb_uint8"]
-        for k, (x, y) in enumerate([(0, 0), (60, 40), (120, 10), (30, 90)]):
-            Image.fromarray(photo[y : y + 200, x : x + 280]).save(calibration / f"{k}.png")
-        extra += ["--calibration-images", str(calibration)]
-    runner = _export(tiny, tmp_path / mode, *extra)
+    runner = _export(tiny, tmp_path / mode, "--quantize", mode)
     assert json.loads((tmp_path / mode / "model.json").read_text())["quantize"] == mode
     inputs = prepare_input(tiny["image"], runner.params)
     errors = _errors(runner.run(inputs), _keras(tiny["model"], inputs))

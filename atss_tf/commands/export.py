@@ -54,16 +54,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--quantize",
         default=None,
-        metavar="{float16,dynamic,int8}",
-        help="with --format litert: float16 weights, int8 weights (dynamic), or int8 weights "
-        "and activations (int8, needs --calibration-images); default float32",
-    )
-    parser.add_argument(
-        "--calibration-images",
-        default=None,
-        metavar="DIR",
-        help="with --quantize int8: a folder of images (.jpg, .png, ...) like those the model "
-        "will see, to calibrate the activation ranges on",
+        metavar="{float16,dynamic}",
+        help="with --format litert: float16 weights, or int8 weights (dynamic); default "
+        "float32. Full int8 is not available (TensorFlow's calibrator crashes on the NMS loops)",
     )
     parser.add_argument(
         "--input-type",
@@ -114,21 +107,16 @@ def add_arguments(parser) -> None:
     )
 
 
-def litert_options(args) -> list | None:
-    """Check the options of ``--format litert`` (and that its own options come
-    with it); return the calibration image paths of ``--quantize int8``.
+def litert_options(args) -> None:
+    """Check the options of ``--format litert`` (and that its own options come with it).
 
     Raises:
         UsageError: an option that does not apply, naming it.
     """
     if args.format != "litert":
-        for flag, value in (
-            ("--quantize", args.quantize),
-            ("--calibration-images", args.calibration_images),
-        ):
-            if value is not None:
-                raise UsageError(f"{flag} applies to --format litert only")
-        return None
+        if args.quantize is not None:
+            raise UsageError("--quantize applies to --format litert only")
+        return
     given = [
         flag
         for flag, value in (
@@ -147,19 +135,7 @@ def litert_options(args) -> list | None:
         )
     from atss_tf.export_litert import check_quantize
 
-    check_quantize(args.quantize, args.calibration_images)
-    if args.calibration_images is None:
-        return None
-    from atss_tf.commands.predict import IMAGE_SUFFIXES, image_paths
-
-    folder = args.calibration_images
-    if not os.path.isdir(folder):
-        raise UsageError(f"--calibration-images {folder}: not a folder")
-    try:
-        return image_paths([folder])
-    except UsageError:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise UsageError(f"--calibration-images {folder}: no images in it ({suffixes})") from None
+    check_quantize(args.quantize)
 
 
 def run(args) -> int:
@@ -169,7 +145,7 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
 
-    calibration = litert_options(args)
+    litert_options(args)
     if args.input_type is None:
         args.input_type = "image_bytes"
     if args.tta_image_sizes is not None and not args.tta:
@@ -191,7 +167,7 @@ def run(args) -> int:
     params = test_transform(model, config)
     max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
     if args.format == "litert":
-        return run_litert(args, model, params, calibration)
+        return run_litert(args, model, params)
     if args.tta:
         from atss_tf.export_tta import export_tta_saved_model
 
@@ -245,7 +221,7 @@ def run(args) -> int:
     return 0
 
 
-def run_litert(args, model, params, calibration: list | None) -> int:
+def run_litert(args, model, params) -> int:
     """``--format litert``: write and describe ``OUT/model.tflite`` (the test
     size and canvases chosen as for the SavedModel; the first canvas is the input)."""
     from atss_tf.export_litert import LITERT_OUTPUT_KEYS, METADATA_FILE, export_litert
@@ -259,7 +235,6 @@ def run_litert(args, model, params, calibration: list | None) -> int:
         if args.canvases is not None or (args.min_size, args.max_size) != (None, None)
         else params.canvases,
         quantize=args.quantize,
-        calibration_images=calibration,
         normalized_boxes=args.normalized_boxes,
     )
     meta = files.join(os.path.dirname(path), METADATA_FILE)
