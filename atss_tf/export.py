@@ -62,6 +62,7 @@ from atss_tf.data.tfrecords import encoded_image_problem, parse_example
 from atss_tf.data.transforms import (
     TransformConfig,
     decode_image,
+    fitting_canvases,
     image_format_flags,
     pad_to_canvas,
     transform,
@@ -91,17 +92,23 @@ def serving_transform(
     canvases: Sequence[Sequence[int]] | None = None,
 ) -> TransformConfig:
     """The model's own test-time resize and canvases, with any of them overridden.
+    Sizes that differ from the model's without ``canvases`` get the canvases
+    that fit them (:func:`~atss_tf.data.transforms.fitting_canvases`), not the
+    model's: GroupNorm's statistics include the padding.
 
     Raises:
         UsageError: an override the model cannot run with (naming the value).
     """
     dc = model.detector_config
-    changed = dataclasses.replace(
-        dc,
-        test_size=dc.test_size if min_size is None else int(min_size),
-        max_size=dc.max_size if max_size is None else int(max_size),
-        canvases=dc.canvases if canvases is None else tuple((int(h), int(w)) for h, w in canvases),
-    )
+    test_size = dc.test_size if min_size is None else int(min_size)
+    max_size = dc.max_size if max_size is None else int(max_size)
+    if canvases is not None:
+        canvases = tuple((int(h), int(w)) for h, w in canvases)
+    elif (test_size, max_size) != (dc.test_size, dc.max_size):
+        canvases = fitting_canvases(test_size, max_size)
+    else:
+        canvases = dc.canvases
+    changed = dataclasses.replace(dc, test_size=test_size, max_size=max_size, canvases=canvases)
     try:
         validate_detector_config(changed)
     except ConfigError as e:
@@ -446,7 +453,8 @@ def export_saved_model(
         input_type: ``image_bytes``, ``image_tensor`` or ``tf_example``.
         batch_size: fix the signature's batch size (default: any).
         min_size, max_size, canvases: override the model's test-time shorter
-            side, longer-side cap and canvases ``[(h, w), ...]``.
+            side, longer-side cap and canvases ``[(h, w), ...]``; sizes given
+            without canvases get canvases that fit them (:func:`serving_transform`).
         normalized_boxes: boxes in ``[0, 1]`` of the image height and width.
         max_pixels: refuse larger images before decoding (0: no limit).
         version: the version folder's number.

@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from atss_tf.data.inference_input import inference_config
     from atss_tf.data.splits import has_split
 
     cfg = config_from_args(args)
@@ -45,6 +46,8 @@ def run(args) -> int:
     from atss_tf.inference import load_detector
 
     model = load_detector(args.weights, cfg)
+    # --set data.min_size/max_size without data.canvases: canvases that fit them.
+    cfg = inference_config(model.detector_config, cfg, args.overrides)
     out = args.out
     files.makedirs(out)
     make = make_tta_evaluate_fn if args.tta else make_evaluate_fn

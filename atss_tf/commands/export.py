@@ -75,7 +75,8 @@ def add_arguments(parser) -> None:
         type=canvas_list,
         default=None,
         metavar="HxW[,HxW...]",
-        help="test-time canvases, multiples of 32 (default: the model's own)",
+        help="test-time canvases, multiples of 32 (default: the model's own; with "
+        "--min-size/--max-size, a landscape and a portrait one that fit those sizes)",
     )
     parser.add_argument(
         "--normalized-boxes",
@@ -160,10 +161,13 @@ def run(args) -> int:
                 "--tta-image-sizes"
             )
 
+    from atss_tf.data.inference_input import inference_config
     from atss_tf.export import OUTPUT_KEYS, export_saved_model
     from atss_tf.inference import load_detector, test_transform
 
     model = load_detector(args.weights, config)
+    # --set data.min_size/max_size without data.canvases: canvases that fit them.
+    config = inference_config(model.detector_config, config, args.overrides)
     params = test_transform(model, config)
     max_pixels = config.data.max_image_pixels if config is not None else DEFAULT_MAX_PIXELS
     if args.format == "litert":
@@ -192,7 +196,10 @@ def run(args) -> int:
             batch_size=args.batch_size,
             min_size=max(params.min_size) if args.min_size is None else args.min_size,
             max_size=params.max_size if args.max_size is None else args.max_size,
-            canvases=params.canvases if args.canvases is None else args.canvases,
+            # --min-size/--max-size without --canvases: export_saved_model fits them.
+            canvases=args.canvases
+            if args.canvases is not None or (args.min_size, args.max_size) != (None, None)
+            else params.canvases,
             normalized_boxes=args.normalized_boxes,
             max_pixels=max_pixels,
             version=args.version,

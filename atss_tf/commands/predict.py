@@ -86,16 +86,18 @@ def run(args) -> int:
     paths = image_paths(args.images)
 
     from atss_tf.config import DEFAULT_MAX_PIXELS
-    from atss_tf.data.inference_input import check_aspect_ratio
+    from atss_tf.data.inference_input import check_aspect_ratio, inference_config
     from atss_tf.inference import detect, load_detector, read_image, test_transform
     from atss_tf.visualization import save_detection_grid
 
     model = load_detector(args.weights, config)
+    # --set data.min_size/max_size without data.canvases: canvases that fit them.
+    config = inference_config(model.detector_config, config, args.overrides)
     tta = None
     if args.tta:
         from atss_tf.tta import TTADetector
 
-        # Without --config, --set still sets the tta section (the data settings stay the model's).
+        # Without --config, --set still sets the tta section.
         tta_config = config or load_config(None, args.overrides)
         tta = TTADetector(model, config, tta_config.tta)
     names = model.class_names

@@ -41,6 +41,7 @@ from atss_tf.config.loading import (
     find_config,
     from_dict,
     load_config,
+    override_keys,
     save_config,
     shipped_configs_dir,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "find_config",
     "from_dict",
     "load_config",
+    "override_keys",
     "save_config",
     "shipped_configs_dir",
     "to_dict",

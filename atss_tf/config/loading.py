@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,12 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
         _set_dotted(data, key.strip(), value)
     return data
+
+
+def override_keys(overrides: Sequence[str] | None) -> set[str]:
+    """The dotted keys that ``key.sub=value`` overrides set (``--set``), as
+    written (``data.min_size``); malformed items are left to :func:`apply_overrides`."""
+    return {item.split("=", 1)[0].strip() for item in overrides or [] if "=" in item}
 
 
 def _deep_merge(base: dict, top: dict) -> dict:

@@ -29,6 +29,7 @@ scaled per axis by ``resized / original``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,30 @@ def official_resize_size(height, width, min_size, max_size: int | None) -> tf.Te
     out_h = tf.where(portrait, tf.floor(size * h / w), size)
     out_w = tf.where(portrait, size, tf.floor(size * w / h))
     return tf.cast(tf.stack([out_h, out_w]), tf.int32)
+
+
+# Canvas sides are multiples of this (the official SIZE_DIVISIBILITY; schema CANVASES).
+CANVAS_MULTIPLE = 32
+
+
+def exact_canvas(size: Sequence[int], multiple: int = CANVAS_MULTIPLE) -> tuple[int, int]:
+    """``(height, width)`` rounded up to multiples of ``multiple``: the
+    official padding of one image (``SIZE_DIVISIBILITY``)."""
+    return tuple(int(math.ceil(int(s) / multiple) * multiple) for s in size)
+
+
+def fitting_canvases(
+    min_size: int, max_size: int, multiple: int = CANVAS_MULTIPLE
+) -> tuple[tuple[int, int], ...]:
+    """The canvases that hold every image the official resize to shorter side
+    ``min_size``, longer side at most ``max_size`` makes: a landscape
+    ``(min, max)`` and a portrait ``(max, min)`` one, each rounded up by
+    :func:`exact_canvas` (one canvas when ``min_size == max_size``). What the
+    test-time sizes get when they are changed without canvases (export,
+    ``predict``/``evaluate`` with ``--set data.min_size``), and each TTA pass's
+    catch-all canvases."""
+    short, long = exact_canvas((min_size, max_size), multiple)
+    return tuple(dict.fromkeys([(short, long), (long, short)]))
 
 
 def choose_canvas(

@@ -23,7 +23,11 @@ import tensorflow as tf
 
 from atss_tf import boxes as box_ops
 from atss_tf.config import TTAConfig
-from atss_tf.data.transforms import official_resize_size
+from atss_tf.data.transforms import (
+    exact_canvas,
+    fitting_canvases,
+    official_resize_size,
+)
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,6 @@ def resized_size(height: int, width: int, p: TTAPass) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def exact_canvas(size: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """``size`` rounded up to multiples of ``multiple``: the official padding."""
-    return tuple(int(math.ceil(s / multiple) * multiple) for s in size)
-
-
 def serving_canvases(
     passes: list[TTAPass],
     groups: list[list[int]],
@@ -96,13 +95,12 @@ def serving_canvases(
     canvas per image size (the TTA SavedModel): the exact canvases of
     ``image_sizes`` (original ``(h, w)``; an image of such a size runs as in
     the Python TTA), then a landscape and a portrait canvas that hold any
-    image the group's resize makes (``min_size`` x ``max_size``, rounded up)."""
+    image the group's resize makes (:func:`~atss_tf.data.transforms.fitting_canvases`)."""
     out = []
     for indices in groups:
         p = passes[indices[0]]
         listed = [exact_canvas(resized_size(h, w, p), multiple) for h, w in image_sizes]
-        short, long = exact_canvas((p.min_size, p.max_size), multiple)
-        listed += [(short, long), (long, short)]
+        listed += fitting_canvases(p.min_size, p.max_size, multiple)
         out.append(list(dict.fromkeys(listed)))
     return out
 
