@@ -1,5 +1,6 @@
 """train.accumulate_steps (a batch trained as N chunks equals the batch in one
-piece: frozen BatchNorm, so exact up to float order) and train.steps_per_execution."""
+piece: frozen BatchNorm, so exact up to float order), train.steps_per_execution and
+train.recompute_backbone (the same update with the backbone recomputed in the backward pass)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,36 @@ def test_steps_per_execution_runs_several_steps_per_call(batches):
     history = model.fit(data, steps_per_epoch=4, epochs=1, verbose=0).history
     assert int(model.optimizer.iterations.numpy()) == 4
     assert np.isfinite(history["loss"][0])
+
+
+def test_recompute_backbone_gives_the_same_gradients(batches):
+    """train.recompute_backbone: the backbone's stages run again in the backward
+    pass (a stage's first block is called twice while the gradient is traced)
+    and the gradients are the plain step's."""
+    model = build_training_model(tiny_config(PLAIN_SGD + ["train.recompute_backbone=true"]))
+    assert model.backbone.recompute_stages
+    block = model.backbone.stages[1][0]
+    calls = []
+    block_call = block.call
+
+    def counted_call(*args, **kwargs):
+        calls.append(1)
+        return block_call(*args, **kwargs)
+
+    block.call = counted_call
+    x, y = batches[0]
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = model.compute_atss_losses(x, y, training=True)["loss"]
+        return tape.gradient(loss, model.trainable_variables)
+
+    recomputed = tf.function(gradients)()
+    assert len(calls) == 2  # traced once forward, once inside the gradient
+    model.backbone.recompute_stages = False  # read when the step is traced
+    plain = tf.function(gradients)()
+    assert len(calls) == 3
+    assert all(g is not None for g in recomputed)
+    largest = max(float(tf.reduce_max(tf.abs(g))) for g in plain)
+    for g_plain, g_recomputed in zip(plain, recomputed):
+        np.testing.assert_allclose(g_recomputed, g_plain, rtol=1e-4, atol=1e-6 * largest)

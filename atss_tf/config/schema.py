@@ -311,6 +311,10 @@ class TrainConfig:
     # into this many equal chunks, run one after the other with their gradients
     # summed: the memory of a chunk, the update of the whole batch.
     accumulate_steps: int = setting(1, Related("data.batch_size"))
+    # Keep only each trainable backbone stage's input for the backward pass and
+    # run the stage again inside it (gradient checkpointing, tf.recompute_grad):
+    # less activation memory for one more backbone forward pass per step.
+    recompute_backbone: bool = setting(False, SWITCH)
     # Batches per Keras train_function call (fewer Python round trips per step).
     steps_per_execution: int = setting(1, AT_LEAST_1)
     seed: int = setting(0, Free("any seed"))

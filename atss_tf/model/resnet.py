@@ -309,6 +309,11 @@ class ResNetBackbone(keras.layers.Layer):
         self.width_per_group = int(width_per_group)
         self.width_multiplier = float(width_multiplier)
         self.freeze_at = int(freeze_at)
+        # Training option (train.recompute_backbone, set by build_training_model),
+        # not part of the architecture or the saved config: the trainable stages
+        # keep only their input for the backward pass and run again inside it
+        # (keras.remat, tf.recompute_grad on TensorFlow).
+        self.recompute_stages = False
 
         m = self.width_multiplier
         self.stem_channels = _scaled(64, m)
@@ -377,13 +382,23 @@ class ResNetBackbone(keras.layers.Layer):
                 block.build(shape)
                 shape = (None, None, None, block.out_channels)
 
+    @staticmethod
+    def _run_stage(blocks: Sequence[keras.layers.Layer], x):
+        for block in blocks:
+            x = block(x)
+        return x
+
     def call(self, inputs) -> dict:
         x = ops.relu(self.stem_bn1(self.stem_conv1(inputs)))
         x = self.stem_pool(x)
         features = {}
         for s, blocks in enumerate(self.stages):
-            for block in blocks:
-                x = block(x)
+            run = functools.partial(self._run_stage, blocks)
+            # Stage s + 1 has trainable weights when freeze_at <= s + 1; a frozen
+            # stage keeps no activations for the backward pass anyway.
+            if self.recompute_stages and self.freeze_at <= s + 1:
+                run = keras.remat(run)
+            x = run(x)
             features[f"c{s + 2}"] = x
         return features
 

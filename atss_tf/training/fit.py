@@ -143,7 +143,9 @@ def build_training_model(
     backbone starts from keras.applications' ResNet50/101 (downloaded by
     Keras on first use; :mod:`atss_tf.convert.keras_applications`) unless
     ``train.init_from`` is set: :func:`train` then copies that model's
-    weights in (:mod:`atss_tf.training.init_from`)."""
+    weights in (:mod:`atss_tf.training.init_from`). With
+    ``train.recompute_backbone`` the backbone's trainable stages recompute
+    their activations in the backward pass instead of keeping them."""
     from atss_tf.convert.keras_applications import load_imagenet_backbone
     from atss_tf.model import build_detector
 
@@ -154,6 +156,7 @@ def build_training_model(
         model = build_detector(detector or cfg)
         if cfg.model.backbone.weights == "imagenet" and not cfg.train.init_from:
             load_imagenet_backbone(model.backbone)
+        model.backbone.recompute_stages = cfg.train.recompute_backbone
         compile_detector(model, cfg)
         model.optimizer.build(model.trainable_variables)
     return model
@@ -165,6 +168,7 @@ RESUMABLE_KEYS = (
     "train.max_iters",
     "train.eval_every_epochs",
     "train.jit_compile",
+    "train.recompute_backbone",
     "train.init_from",  # read only when a run starts, not when it resumes
     "data.val_annotations",
     "data.val_images",
