@@ -19,7 +19,8 @@ LAYERS = {
     "losses": 5, "postprocess": 5,
     "model": 6,
     "training": 7, "inference": 7, "convert": 7, "tta": 7,
-    "evaluation": 8, "export": 8, "export_tta": 8, "analysis": 8, "visualization": 8,
+    "evaluation": 8, "export": 8, "export_tta": 8, "export_litert": 8, "analysis": 8,
+    "visualization": 8,
     "commands": 9, "cli": 9,
 }  # fmt: skip
 # The arrows allowed to point up, each with the comment at its import.
