@@ -77,7 +77,10 @@ QUANTIZE_MODES = ("float16", "dynamic")
 # segmentation fault on the NMS's WHILE loops. Reproduced on toy graphs: a
 # tf.while_loop whose body reads a tensor from outside the loop (as every NMS
 # tile reads the sorted boxes) crashes it; loops over their own variables only
-# calibrate. The network alone calibrates, but the file would lose the NMS.
+# calibrate. The network alone calibrates, but the file would lose the NMS. With
+# the builtin NON_MAX_SUPPRESSION_V4 and per-class coordinate offsets instead,
+# calibration succeeds but the int8 file then fails in the interpreter
+# (XNNPACK: "failed to create XNNPACK runtime"; without XNNPACK it aborts).
 INT8_UNAVAILABLE = (
     "--quantize int8 is not available: TensorFlow's int8 calibrator crashes on the NMS "
     "loops inside the model (tf.while_loop bodies reading outside tensors, TF 2.21); "
