@@ -1,4 +1,6 @@
-"""``atss-tf make-tfrecords``: a COCO json + image folder -> sharded TFRecords."""
+"""``atss-tf make-tfrecords``: a COCO json + image folder -> sharded TFRecords,
+``PREFIX.categories.json`` and ``PREFIX.manifest.json`` (each shard's size and
+SHA-256, :mod:`atss_tf.data.shard_checks`)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atss_tf.data.coco import load_coco
+    from atss_tf.data.shard_checks import write_manifest
     from atss_tf.data.tfrecords import categories_path, write_tfrecords
 
     if args.shards < 1:
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     paths = write_tfrecords(
         dataset.records, dataset.category_map, args.out, args.shards, progress=True
     )
+    # Record i went to shard i % shards; training checks the shards against this.
+    counts = [len(range(i, len(dataset.records), len(paths))) for i in range(len(paths))]
+    manifest = write_manifest(args.out, paths, counts)
     n_boxes = sum(len(r["labels"]) for r in dataset.records)
     n_crowd = sum(int(r["is_crowd"].sum()) for r in dataset.records)
     print(
@@ -70,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
     for p in paths:
         print(f"  {p}")
     print(f"  {categories_path(args.out)}")
+    print(f"  {manifest} (sizes and SHA-256 checksums, checked when training opens the shards)")
     print(dataset.report.summary())
     return 0

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from atss_tf.data import tfrecords
+from atss_tf.data import shard_checks, tfrecords
 from atss_tf.data.coco import CategoryMap, CocoDataset, DataError, load_coco, read_coco_json
 from atss_tf.data.splits import SPLITS, SplitSource, split_source
 from atss_tf.data.transforms import TransformConfig, decode_image, pad_instances, transform
@@ -301,6 +301,7 @@ def open_source(
         )
     else:
         files = tfrecords.match_files(source.tfrecords)
+        shard_checks.check_manifest(files)  # a damaged shard stops here, named
         category_map = category_map or resolve_category_map(source, config.model.num_classes)
         if scan_tfrecords:
             tfrecords.scan_report(

@@ -34,6 +34,7 @@ from atss_tf.config import (
     save_config,
 )
 from atss_tf.data.coco import CategoryMap
+from atss_tf.data.shard_checks import naming_bad_shards
 
 # The one arrow up the layers: a run evaluates its model on the validation set
 # during and after fit, with the COCO evaluator that `atss-tf evaluate` uses
@@ -207,6 +208,7 @@ def check_resume_config(cfg: Config, out: str) -> None:
         )
 
 
+@naming_bad_shards  # a TFRecord read error names its shard and offset
 def train(
     cfg: Config,
     out_dir: str | os.PathLike,
