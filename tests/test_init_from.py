@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from atss_tf.errors import CheckpointError
 from atss_tf.model import ATSSDetector, build_detector
 from atss_tf.training.init_from import init_from, transfer_weights
+from tests.helpers.fixtures import ROOT
 from tests.helpers.tiny import tiny_config, with_synthetic_data
 
 
@@ -120,7 +122,7 @@ def test_init_from_reads_a_keras_file_and_refuses_other_files(coco5, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_starts_from_init_from_and_resumes_from_its_checkpoint(tmp_path, caplog):
+def test_a_run_starts_from_init_from_and_resumes_from_its_checkpoint(tmp_path, caplog, monkeypatch):
     """The first run copies the model in; killed and restarted, it resumes from
     its own checkpoint and does not read the model again (here: it is gone).
     Slow lane: two tiny training runs, about 25 s of CPU."""
@@ -134,6 +136,8 @@ def test_a_run_starts_from_init_from_and_resumes_from_its_checkpoint(tmp_path, c
     cfg.data.val_annotations = cfg.data.val_images = None
     cfg.train.init_from = str(source_path)
     out = tmp_path / "run"
+    # The CLI, when a test ran it in this process, stops the package logger propagating.
+    monkeypatch.setattr(logging.getLogger("atss_tf"), "propagate", True)
     with caplog.at_level(logging.INFO, logger="atss_tf"):
         first = train(cfg, out, verbose=0)
     assert "Initialised from " + str(source_path) in caplog.text
@@ -152,3 +156,54 @@ def test_a_run_starts_from_init_from_and_resumes_from_its_checkpoint(tmp_path, c
     assert int(second.optimizer.iterations.numpy()) == 2
     moved = _weights(second)
     assert any(not np.array_equal(moved[p], after_one[p]) for p in after_one)
+
+
+@pytest.mark.slow
+def test_readme_fine_tuning_from_the_official_r50(
+    official_legacy_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The README's fine-tuning commands on the authors' R-50 checkpoint format:
+    convert, train 2 steps on a 3-class COCO-format set with gapped category
+    ids, evaluate, predict; in-process, in a user's folder, on one 96-px canvas."""
+    import json
+
+    import yaml
+
+    from atss_tf import cli
+    from tests.helpers.journeys import (
+        SPARSE_CATEGORIES,
+        make_dataset,
+        readme_commands,
+        shrink_overrides,
+    )
+
+    commands = readme_commands("Fine-tune a COCO model on your own classes")
+    assert [c[0] for c in commands] == ["convert", "train", "evaluate", "predict"]
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "data", SPARSE_CATEGORIES, n_train=6, n_val=3)
+    Path(commands[0][2]).symlink_to(official_legacy_checkpoint)
+    Path("configs").symlink_to(ROOT / "configs")
+    Path("my_photos").symlink_to(data["val_images"])
+    small = shrink_overrides("configs/atss_r50_fpn_1x_coco.yaml", data)
+    canvases = next(o for o in small if o.startswith("data.canvases="))
+    small.append(f"data.canvases=[{yaml.safe_load(canvases.split('=', 1)[1])[0]}]")
+
+    for argv in commands:
+        if "--config" in argv:
+            argv = argv + [w for o in small for w in ("--set", o)]
+        if argv[0] == "train":  # the journey evaluates with its own command
+            argv += ["--set", "data.val_annotations=null", "--set", "data.val_images=null"]
+        assert cli.main(argv) == 0, capsys.readouterr().err[-3000:]
+        printed = capsys.readouterr()  # the CLI logs to stderr
+        if argv[0] == "convert":
+            assert "tensors mapped: 324" in printed.out
+        elif argv[0] == "train":
+            log = printed.err
+            assert f"Initialised from {commands[0][3]}: loaded 322 of 324 tensors" in log
+            assert "new classes: 80 -> 3 (circle, square, triangle)" in log
+    out = Path("runs/my_classes")
+    metrics = json.loads((out / "eval/metrics.json").read_text())
+    assert "AP" in metrics
+    detections = json.loads((out / "pictures/detections.json").read_text())
+    assert {d["category_id"] for d in detections} <= {2, 5, 9}
+    assert len(list((out / "pictures").glob("*.detections.png"))) == 3
