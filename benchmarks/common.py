@@ -57,12 +57,14 @@ def machine_line() -> str:
     )
 
 
-def append_results(title: str, body: str, argv: list[str] | None = None) -> None:
+def append_results(
+    title: str, body: str, argv: list[str] | None = None, path: Path = RESULTS
+) -> None:
     """Append ``### title``, the machine line (date first), the command
-    (``command_line(argv)``) and ``body`` to RESULTS.md."""
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in this folder.\n")
-    with RESULTS.open("a", encoding="utf-8") as f:
+    (``command_line(argv)``) and ``body`` to ``path`` (default RESULTS.md)."""
+    if not path.exists():
+        path.write_text("# Benchmark results\n\nAppended by the scripts in this folder.\n")
+    with path.open("a", encoding="utf-8") as f:
         f.write(
             f"\n### {title}\n\n{machine_line()}.\n\nCommand: `{command_line(argv)}`.\n\n"
             f"{body.rstrip()}\n"
@@ -106,3 +108,44 @@ def time_train_steps(step, steps: int) -> dict:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loss": float(loss),
     }
+
+
+class PhaseMemory:
+    """Resident memory (RSS) of this process phase by phase, Linux only.
+
+    ``mark(name)`` records the phase that just ended: the RSS now and the peak
+    RSS since the previous mark (``VmHWM``, reset at each mark by writing 5 to
+    ``/proc/self/clear_refs``). Where the reset is refused, the peaks are the
+    process's peak so far. Standard library only (the PyTorch side uses it too).
+    """
+
+    def __init__(self) -> None:
+        self.phases: list[dict] = []
+        self._can_reset = self._reset()
+
+    @staticmethod
+    def _status_mib(field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"/proc/self/status has no {field}")
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    def mark(self, name: str) -> dict:
+        """Record phase ``name`` (``rss_mib`` now, ``peak_mib`` during it) and start the next."""
+        phase = {
+            "phase": name,
+            "rss_mib": self._status_mib("VmRSS"),
+            "peak_mib": self._status_mib("VmHWM"),
+            "peak_reset": self._can_reset,
+        }
+        self.phases.append(phase)
+        self._reset()
+        return phase

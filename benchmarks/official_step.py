@@ -33,16 +33,12 @@ import types
 from benchmarks.common import random_train_batch, time_train_steps
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--code", required=True)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=2)
-    args = parser.parse_args()
-
+def build_official_step(code: str, size: int, batch: int):
+    """The authors' R-50 1x model and SGD in train mode on the CPU, on
+    ``random_train_batch(size, batch)``: returns ``step()``, one train step
+    that returns its loss. ``code`` is the ATSS checkout (put on ``sys.path``)."""
     # The authors' package is not installed: atss_core is imported from the checkout.
-    sys.path.insert(0, args.code)
+    sys.path.insert(0, code)
 
     extension = types.ModuleType("atss_core._C")
     extension.nms = extension.ml_nms = None  # bound at import, called only at inference
@@ -62,7 +58,7 @@ def main() -> int:
     cpu_focal = focal.sigmoid_focal_loss_cpu
     focal.sigmoid_focal_loss_cpu = lambda l, t, g, a: cpu_focal(l, t, [g], [a])
 
-    cfg.merge_from_file(f"{args.code}/configs/atss/atss_R_50_FPN_1x.yaml")
+    cfg.merge_from_file(f"{code}/configs/atss/atss_R_50_FPN_1x.yaml")
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHT", ""])
     cfg.freeze()
     torch.manual_seed(0)
@@ -70,7 +66,6 @@ def main() -> int:
     model.train()
     optimizer = make_optimizer(cfg, model)
 
-    size, batch = args.size, args.batch
     images, boxes, labels = random_train_batch(size, batch)
     targets = []
     for b in range(batch):
@@ -89,6 +84,22 @@ def main() -> int:
         optimizer.step()
         return float(loss.detach())
 
+    step.model = model  # for byte counts (benchmarks/memory.py)
+    step.optimizer = optimizer
+    return step
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--code", required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    step = build_official_step(args.code, args.size, args.batch)
     result = time_train_steps(step, args.steps)
     print(json.dumps({**result, "peak_gpu_mib": None, "threads": torch.get_num_threads()}))
     return 0

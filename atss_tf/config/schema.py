@@ -315,6 +315,12 @@ class TrainConfig:
     # run the stage again inside it (gradient checkpointing, tf.recompute_grad):
     # less activation memory for one more backbone forward pass per step.
     recompute_backbone: bool = setting(False, SWITCH)
+    # Host tensors of at least this many bytes are mmapped and given back to the
+    # system when freed (glibc's M_MMAP_THRESHOLD, fixed instead of dynamic):
+    # the process keeps less freed memory (training/host_memory.py). 0: as glibc sets it.
+    host_mmap_threshold: int = setting(
+        2**20, Range(ge=0, le=32 * 2**20, note="bytes, at most 32 MiB; 0: glibc's default")
+    )
     # Batches per Keras train_function call (fewer Python round trips per step).
     steps_per_execution: int = setting(1, AT_LEAST_1)
     seed: int = setting(0, Free("any seed"))

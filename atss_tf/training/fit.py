@@ -47,6 +47,7 @@ from atss_tf.training.callbacks import (
     TrainingLog,
     save_model_file,
 )
+from atss_tf.training.host_memory import set_mmap_threshold
 from atss_tf.training.optimizer import CoupledSGD
 from atss_tf.training.schedule import WarmupMultiStepSchedule, scaled_base_lr
 from atss_tf.training.strategy import (
@@ -146,10 +147,14 @@ def build_training_model(
     ``train.init_from`` is set: :func:`train` then copies that model's
     weights in (:mod:`atss_tf.training.init_from`). With
     ``train.recompute_backbone`` the backbone's trainable stages recompute
-    their activations in the backward pass instead of keeping them."""
+    their activations in the backward pass instead of keeping them. Fixes
+    glibc's mmap threshold at ``train.host_mmap_threshold`` for the process
+    (:mod:`atss_tf.training.host_memory`)."""
     from atss_tf.convert.keras_applications import load_imagenet_backbone
     from atss_tf.model import build_detector
 
+    # Before the weights: every large host tensor from here on is mmapped.
+    set_mmap_threshold(cfg.train.host_mmap_threshold)
     strategy = strategy or tf.distribute.get_strategy()
     precision = cfg.train.precision
     policy = precision if precision != "float32" else keras.config.dtype_policy().name
@@ -170,6 +175,7 @@ RESUMABLE_KEYS = (
     "train.eval_every_epochs",
     "train.jit_compile",
     "train.recompute_backbone",
+    "train.host_mmap_threshold",
     "train.init_from",  # read only when a run starts, not when it resumes
     "data.val_annotations",
     "data.val_images",
