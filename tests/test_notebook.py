@@ -4,6 +4,7 @@ import uuid
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,29 @@ def test_sample_selection_notebook_shows_its_pictures(tmp_path, monkeypatch):
         if c.cell_type == "code" and any("image/png" in o.get("data", {}) for o in c.outputs)
     ]
     assert len(shown) == 6  # every picture cell displayed its figure inline
+
+
+@pytest.mark.slow
+def test_finetune_notebook_converts_fine_tunes_resumes_and_predicts(tmp_path, monkeypatch):
+    """The authors' R-50 checkpoint format (the fixture's random weights) converted,
+    fine-tuned on 3 classes with background images kept, resumed, evaluated, predicted."""
+    from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path
+
+    outputs = run_notebook(
+        "04_finetune.ipynb",
+        monkeypatch,
+        {
+            "ATSS_NOTEBOOK_TINY": "1",
+            "ATSS_NOTEBOOK_DIR": str(tmp_path),
+            "ATSS_CHECKPOINT": str(fixture_path(OFFICIAL_CHECKPOINTS["zip"])),
+        },
+    )
+    assert "324 tensors" in outputs
+    assert "Initialised from " in outputs and "loaded 322 of 324 tensors" in outputs
+    assert "new classes: 80 -> 3 (circle, square, triangle)" in outputs
+    assert "2 images without a box kept as negatives" in outputs
+    assert "AP50" in outputs
+    assert "not read: the run resumes" in outputs
+    assert "step 4" in outputs
+    assert "category ids: [2, 5, 9]" in outputs
+    assert (tmp_path / "run" / "model.keras").exists()
