@@ -207,3 +207,18 @@ def test_readme_fine_tuning_from_the_official_r50(
     detections = json.loads((out / "pictures/detections.json").read_text())
     assert {d["category_id"] for d in detections} <= {2, 5, 9}
     assert len(list((out / "pictures").glob("*.detections.png"))) == 3
+
+
+@pytest.mark.slow
+def test_an_official_pth_initialises_directly(official_checkpoint):
+    """``--init-from`` an official ``.pth``: converted in memory, then the same rules."""
+    from atss_tf.config import load_config
+
+    cfg = load_config(
+        ROOT / "configs/atss_r50_fpn_1x_coco.yaml",
+        ["model.num_classes=3", "model.backbone.weights=null"],
+    )
+    report = init_from(build_detector(cfg), official_checkpoint)
+    assert len(report.loaded) == 322 and len(report.initialised) == 2
+    assert all(p.startswith("head/cls_logits/") for p, _ in report.initialised)
+    assert any("pixel_mean" in n for n in report.notes)  # the config's ImageNet mean
