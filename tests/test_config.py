@@ -178,7 +178,7 @@ def test_a_setting_without_a_check_is_refused_by_the_walker():
             "('atss', 'atss_dense', 'iou', 'fcos', 'fcos_center', 'topk'))",
         ),
         ("train.precision=bf16", "train.precision='bf16' (expected float32 | mixed_float16 |"),
-        ("model.backbone.weights=coco", "weights='coco' (expected null or 'imagenet')"),
+        ("model.backbone.weights=coco", "weights='coco' (expected null, 'imagenet' or the path"),
         ("model.backbone.depth=51", "depth=51 (expected 18, 34, 50 or 101)"),
         ("train.jit_compile=often", "train.jit_compile='often' (expected true | false | auto)"),
         # ranges: closed, open, one-sided, with a note, or one special value

@@ -142,8 +142,13 @@ class BackboneConfig:
     # frozen_bn: fixed affine (pretrained backbones, official); batch_norm:
     # trainable BN for training a backbone from scratch (the synthetic demo).
     norm: str = setting("frozen_bn", BY_MODEL)
-    # None | "imagenet" (keras.applications, caffe mode)
-    weights: str | None = setting(None, OneOf((None, "imagenet"), form="or"))
+    # None | "imagenet" (keras.applications ResNet-50/101, caffe mode) | the path
+    # of an ImageNet file: Detectron's Caffe2 .pkl or torchvision's .pth
+    # (ResNet / ResNeXt), whose normalisation model.input_bgr / pixel_mean /
+    # pixel_std must state (atss_tf.config.pretrained).
+    weights: str | None = setting(
+        None, Related("model.input_bgr, model.pixel_mean, model.pixel_std")
+    )
     # Stages (of c2..c5) whose every bottleneck's 3x3 conv2 is a modulated
     # deformable conv (ATSS_SPEC §11; official STAGE_WITH_DCN): [c3, c4, c5] for
     # the dcnv2 R-50/101 models, [c4, c5] for X-101. Bottleneck depths only.

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from atss_tf.config.checks import check_of, problem
+from atss_tf.config.pretrained import (
+    KERAS_APPLICATIONS,
+    WEIGHT_FILE_FORMATS,
+    weight_file_format,
+)
 from atss_tf.config.schema import FCOS_ASSIGNERS, Config, DataConfig, DetectorConfig
 from atss_tf.errors import ConfigError
 
@@ -74,6 +79,24 @@ def _dcn_in_distinct_bottleneck_stages(c: Root) -> str | None:
         return "distinct stages"
     if stages and backbone.depth not in (50, 101):
         return f"no stages with model.backbone.depth={backbone.depth} (basic blocks: no DCN)"
+    return None
+
+
+@rule("model.backbone.weights")
+def _weights_file_and_its_normalisation(c: Root) -> str | None:
+    weights, m = c.model.backbone.weights, c.model
+    if weights is None or weights == KERAS_APPLICATIONS:
+        return None
+    fmt = weight_file_format(weights)
+    if fmt is None:
+        suffixes = ", ".join(s for f in WEIGHT_FILE_FORMATS for s in f.suffixes)
+        return f"null, {KERAS_APPLICATIONS!r} or the path of an ImageNet file ({suffixes})"
+    if not fmt.matches(m.input_bgr, m.pixel_mean, m.pixel_std):
+        return (
+            f"a {fmt.name} with the input it was trained on: {fmt.describe()} (the config "
+            f"has model.input_bgr={m.input_bgr}, model.pixel_mean={list(m.pixel_mean)}, "
+            f"model.pixel_std={list(m.pixel_std)})"
+        )
     return None
 
 

@@ -270,43 +270,57 @@ def _conv_kernel(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (2, 3, 1, 0))  # OIHW -> HWIO
 
 
+def _ident(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _map_conv(out: dict, key: str, layer) -> None:
+    """``<key>.weight`` / ``.bias`` (a DCN: ``.offset.*`` and ``.conv.*``) of ``layer``."""
+    from atss_tf.model import ModulatedDeformConv2D
+
+    if isinstance(layer, ModulatedDeformConv2D):
+        _map_conv(out, f"{key}.offset", layer.offset)
+        key = f"{key}.conv"
+    out[f"{key}.weight"] = (layer.kernel, _conv_kernel)
+    if layer.bias is not None:
+        out[f"{key}.bias"] = (layer.bias, _ident)
+
+
+def backbone_weight_map(backbone, prefix: str = "backbone.body.") -> dict[str, tuple[Any, Any]]:
+    """``{key: (Keras variable, transform)}`` for every weight of a
+    :class:`~atss_tf.model.ResNetBackbone` under the official names
+    (``<prefix>stem.conv1.weight``, ``<prefix>layer{s}.{i}.bn{j}.running_var``, ...)."""
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def bn(key, layer):
+        for t in BN_TENSORS:
+            out[f"{key}.{t}"] = (getattr(layer, t), _ident)
+
+    _map_conv(out, f"{prefix}stem.conv1", backbone.stem_conv1)
+    bn(f"{prefix}stem.bn1", backbone.stem_bn1)
+    for s, blocks in enumerate(backbone.stages, start=1):
+        for i, block in enumerate(blocks):
+            key = f"{prefix}layer{s}.{i}"
+            for j in (1, 2, 3):
+                if hasattr(block, f"conv{j}"):
+                    _map_conv(out, f"{key}.conv{j}", getattr(block, f"conv{j}"))
+                    bn(f"{key}.bn{j}", getattr(block, f"bn{j}"))
+            if block.downsample_conv is not None:
+                _map_conv(out, f"{key}.downsample.0", block.downsample_conv)
+                bn(f"{key}.downsample.1", block.downsample_bn)
+    return out
+
+
 def official_weight_map(model) -> dict[str, tuple[Any, Any]]:
     """``{official key: (Keras variable, transform)}`` for every model weight.
 
     ``transform`` maps the checkpoint array to the variable's layout.
     """
-    from atss_tf.model import ModulatedDeformConv2D
-
-    out: dict[str, tuple[Any, Any]] = {}
-
-    def ident(x):
-        return x
+    out = backbone_weight_map(model.backbone)
+    ident = _ident
 
     def conv(key, layer):
-        if isinstance(layer, ModulatedDeformConv2D):
-            conv(f"{key}.offset", layer.offset)
-            key = f"{key}.conv"
-        out[f"{key}.weight"] = (layer.kernel, _conv_kernel)
-        if layer.bias is not None:
-            out[f"{key}.bias"] = (layer.bias, ident)
-
-    def bn(key, layer):
-        for t in BN_TENSORS:
-            out[f"{key}.{t}"] = (getattr(layer, t), ident)
-
-    bb = model.backbone
-    conv("backbone.body.stem.conv1", bb.stem_conv1)
-    bn("backbone.body.stem.bn1", bb.stem_bn1)
-    for s, blocks in enumerate(bb.stages, start=1):
-        for i, block in enumerate(blocks):
-            key = f"backbone.body.layer{s}.{i}"
-            for j in (1, 2, 3):
-                if hasattr(block, f"conv{j}"):
-                    conv(f"{key}.conv{j}", getattr(block, f"conv{j}"))
-                    bn(f"{key}.bn{j}", getattr(block, f"bn{j}"))
-            if block.downsample_conv is not None:
-                conv(f"{key}.downsample.0", block.downsample_conv)
-                bn(f"{key}.downsample.1", block.downsample_bn)
+        _map_conv(out, key, layer)
 
     fpn = model.fpn
     for k in (2, 3, 4):
@@ -344,12 +358,38 @@ def load_official_weights(model, state: dict[str, np.ndarray]) -> tuple[int, int
         ConversionError: listing every missing, unexpected and mis-shaped key;
             nothing is assigned in that case.
     """
-    mapping = official_weight_map(model)
-    mapped_ids = {id(v) for v, _ in mapping.values()}
-    unmapped = [w.path for w in model.weights if id(w) not in mapped_ids]
-    if unmapped:  # a model layer the mapping does not know: a bug, not a user error
-        raise ConversionError(f"model weights without an official key: {', '.join(unmapped)}")
     ignored = [k for k in state if any(p.search(k) for p in _IGNORED)]
+    tensors, params = assign_weights(official_weight_map(model), state, ignored, model.weights)
+    return tensors, params, ignored
+
+
+def assign_weights(
+    mapping: dict[str, tuple[Any, Any]],
+    state: dict[str, np.ndarray],
+    ignored: list[str],
+    weights: list,
+    what: str = "checkpoint",
+) -> tuple[int, int]:
+    """Assign ``state[key]`` (through its transform) to each variable of ``mapping``.
+
+    Args:
+        mapping: ``{key: (variable, transform)}`` covering every one of ``weights``.
+        state: the file's arrays by key.
+        ignored: keys of ``state`` deliberately skipped.
+        weights: the variables that must all be mapped.
+        what: the file's kind, as error messages name it.
+
+    Returns:
+        ``(tensors copied, parameters copied)``.
+
+    Raises:
+        ConversionError: listing every missing, unexpected and mis-shaped key;
+            nothing is assigned in that case.
+    """
+    mapped_ids = {id(v) for v, _ in mapping.values()}
+    unmapped = [w.path for w in weights if id(w) not in mapped_ids]
+    if unmapped:  # a model layer the mapping does not know: a bug, not a user error
+        raise ConversionError(f"model weights without a {what} key: {', '.join(unmapped)}")
     skip = set(ignored)
     used = {k: v for k, v in state.items() if k not in skip}
     missing = [k for k in mapping if k not in used]
@@ -374,10 +414,10 @@ def load_official_weights(model, state: dict[str, np.ndarray]) -> tuple[int, int
     if misshaped:
         problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
     if problems:
-        raise ConversionError("checkpoint does not match the model: " + " | ".join(problems))
+        raise ConversionError(f"{what} does not match the model: " + " | ".join(problems))
     for var, value in values:
         var.assign(value)
-    return len(values), int(sum(v.size for _, v in values)), ignored
+    return len(values), int(sum(v.size for _, v in values))
 
 
 def convert_official(

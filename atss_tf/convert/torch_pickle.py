@@ -40,6 +40,7 @@ an optimizer's momentum buffers).
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import math
 import os
@@ -47,7 +48,7 @@ import pickle
 import pickletools
 import struct
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import numpy as np
@@ -217,10 +218,10 @@ def allowed_globals() -> list[str]:
     return sorted(f"{m}.{n}" for m, n in _ALLOWED)
 
 
-def _scan_globals(stream: IO[bytes]) -> list[str]:
+def scan_globals(stream: IO[bytes], allowed: Mapping[tuple[str, str], Any]) -> list[str]:
     """Globals named by GLOBAL / INST opcodes of the pickle at the stream's
-    position that are not allowed, in stream order; the stream is left after
-    the pickle's STOP.
+    position that are not in ``allowed`` (``{(module, name): stand-in}``), in
+    stream order; the stream is left after the pickle's STOP.
 
     STACK_GLOBAL (protocol 4+) takes its names from the stack and is checked by
     ``find_class`` instead.
@@ -229,25 +230,51 @@ def _scan_globals(stream: IO[bytes]) -> list[str]:
     for op, arg, _ in pickletools.genops(stream):
         if op.name in ("GLOBAL", "INST"):
             module, _, name = str(arg).partition(" ")
-            if (module, name) not in _ALLOWED:
+            if (module, name) not in allowed:
                 full = f"{module}.{name}"
                 if full not in refused:
                     refused.append(full)
     return refused
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles with the allow-list; storages become :class:`_Storage` records."""
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose globals are only the stand-ins of ``allowed``."""
 
-    def __init__(self, stream: IO[bytes], storages: dict[str, _Storage]):
-        super().__init__(stream)
-        self._storages = storages
+    def __init__(self, stream: IO[bytes], allowed: Mapping[tuple[str, str], Any], **kwargs):
+        super().__init__(stream, **kwargs)
+        self._allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError([f"{module}.{name}"]) from None
+
+
+def restricted_load(
+    stream: IO[bytes], allowed: Mapping[tuple[str, str], Any], unpickler: Callable | None = None
+) -> Any:
+    """Scan the pickle at the stream's position for globals outside ``allowed``
+    (refusing it before anything runs), then unpickle it with ``unpickler(stream)``
+    (default: a :class:`RestrictedUnpickler` of ``allowed``).
+
+    Raises:
+        UnsafeCheckpointError: naming every refused global.
+    """
+    start = stream.tell()
+    refused = scan_globals(stream, allowed)
+    if refused:
+        raise UnsafeCheckpointError(refused)
+    stream.seek(start)
+    return (unpickler or (lambda s: RestrictedUnpickler(s, allowed)))(stream).load()
+
+
+class _TorchUnpickler(RestrictedUnpickler):
+    """Unpickles with the allow-list; storages become :class:`_Storage` records."""
+
+    def __init__(self, stream: IO[bytes], storages: dict[str, _Storage]):
+        super().__init__(stream, _ALLOWED)
+        self._storages = storages
 
     def persistent_load(self, pid: Any) -> _Storage:
         # zip: ("storage", type, key, location, numel); legacy adds view_metadata.
@@ -284,12 +311,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(stream: IO[bytes], storages: dict[str, _Storage]) -> Any:
     """Scan, then unpickle, the pickle at the stream's position."""
-    start = stream.tell()
-    refused = _scan_globals(stream)
-    if refused:
-        raise UnsafeCheckpointError(refused)
-    stream.seek(start)
-    return _RestrictedUnpickler(stream, storages).load()
+    return restricted_load(stream, _ALLOWED, lambda s: _TorchUnpickler(s, storages))
 
 
 def _pending(obj: Any) -> list[_PendingTensor]:
@@ -418,34 +440,69 @@ def _truncated(path: str, detail: str) -> CheckpointError:
     return CheckpointError(f"{path} is truncated (an incomplete download?): {detail}")
 
 
-def _read(path: str | os.PathLike, select: Callable[[Any], Any] = lambda obj: obj) -> Any:
-    """Read a checkpoint of either format; ``select`` picks what to keep from
-    the unpickled object before any tensor data is read."""
+def check_file(path: str | os.PathLike) -> str:
+    """``path`` as a string, once it is known to be an existing file.
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        CheckpointError: it is a directory.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a directory, expected a torch.save checkpoint file")
+        raise CheckpointError(f"{path} is a directory, expected a checkpoint file")
+    return path
+
+
+@contextlib.contextmanager
+def reading_errors(path: str) -> Iterator[None]:
+    """Report what goes wrong while a pickle file is read as a one-line
+    :class:`CheckpointError` naming ``path`` (truncated, corrupt, refused)."""
+    try:
+        yield
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(e.refused, path) from None
+    except CheckpointError as e:
+        raise CheckpointError(e if str(e).startswith(path) else f"{path}: {e}") from None
+    except zipfile.BadZipFile as e:  # a bad CRC shows when a record is read
+        raise CheckpointError(f"{path} is a corrupt zip checkpoint: {e}") from None
+    except (EOFError, ValueError, struct.error) as e:
+        # pickletools and pickle raise these on a stream that stops early.
+        raise _truncated(path, f"the pickle stream ends early or is corrupt ({e})") from None
+    except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{path}: the pickle could not be read: {e}") from None
+
+
+def is_torch_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``torch.save`` file (a zip archive, or a pickle
+    stream starting with the legacy magic number); reads only its first pickle."""
+    path = check_file(path)
     with open(path, "rb") as stream:
+        if stream.read(4) == ZIP_MAGIC or zipfile.is_zipfile(stream):
+            return True
+        stream.seek(0)
+        if stream.read(1) != b"\x80":
+            return False
+        stream.seek(0)
+        try:
+            return restricted_load(stream, {}) == LEGACY_MAGIC_NUMBER
+        except (CheckpointError, pickle.UnpicklingError, EOFError, ValueError):
+            return False
+
+
+def _read(path: str | os.PathLike, select: Callable[[Any], Any] = lambda obj: obj) -> Any:
+    """Read a checkpoint of either format; ``select`` picks what to keep from
+    the unpickled object before any tensor data is read."""
+    path = check_file(path)
+    with open(path, "rb") as stream, reading_errors(path):
         head = stream.read(4)
         is_zip = head == ZIP_MAGIC or zipfile.is_zipfile(stream)
         stream.seek(0)
-        try:
-            if is_zip:
-                return _read_zip(path, select)
-            if head[:1] == b"\x80":  # a pickle (protocol >= 2): the legacy format
-                return _read_legacy(path, stream, select)
-        except UnsafeCheckpointError as e:
-            raise UnsafeCheckpointError(e.refused, path) from None
-        except CheckpointError as e:
-            raise CheckpointError(e if str(e).startswith(path) else f"{path}: {e}") from None
-        except zipfile.BadZipFile as e:  # a bad CRC shows when a record is read
-            raise CheckpointError(f"{path} is a corrupt zip checkpoint: {e}") from None
-        except (EOFError, ValueError, struct.error) as e:
-            # pickletools and pickle raise these on a stream that stops early.
-            raise _truncated(path, f"the pickle stream ends early or is corrupt ({e})") from None
-        except (pickle.UnpicklingError, TypeError, AttributeError, IndexError, KeyError) as e:
-            raise CheckpointError(f"{path}: the pickle could not be read: {e}") from None
+        if is_zip:
+            return _read_zip(path, select)
+        if head[:1] == b"\x80":  # a pickle (protocol >= 2): the legacy format
+            return _read_legacy(path, stream, select)
     raise CheckpointError(
         f"{path} is not a torch.save checkpoint (neither a zip archive nor the legacy format)"
     )

@@ -143,13 +143,16 @@ def build_training_model(
     ``mixed_bfloat16`` its layers compute in 16 bits (the global dtype policy
     is left as it was). With ``model.backbone.weights: imagenet`` the
     backbone starts from keras.applications' ResNet50/101 (downloaded by
-    Keras on first use; :mod:`atss_tf.convert.keras_applications`) unless
-    ``train.init_from`` is set: :func:`train` then copies that model's
+    Keras on first use; :mod:`atss_tf.convert.keras_applications`), with the
+    path of a Detectron ``.pkl`` / torchvision ``.pth`` from that file
+    (:mod:`atss_tf.convert.imagenet_files`), unless ``train.init_from`` is set: :func:`train` then copies that model's
     weights in (:mod:`atss_tf.training.init_from`). With
     ``train.recompute_backbone`` the backbone's trainable stages recompute
     their activations in the backward pass instead of keeping them. Fixes
     glibc's mmap threshold at ``train.host_mmap_threshold`` for the process
     (:mod:`atss_tf.training.host_memory`)."""
+    from atss_tf.config.pretrained import KERAS_APPLICATIONS
+    from atss_tf.convert.imagenet_files import load_imagenet_file
     from atss_tf.convert.keras_applications import load_imagenet_backbone
     from atss_tf.model import build_detector
 
@@ -160,8 +163,11 @@ def build_training_model(
     policy = precision if precision != "float32" else keras.config.dtype_policy().name
     with strategy.scope(), dtype_policy(policy):
         model = build_detector(detector or cfg)
-        if cfg.model.backbone.weights == "imagenet" and not cfg.train.init_from:
+        weights = cfg.model.backbone.weights
+        if weights == KERAS_APPLICATIONS and not cfg.train.init_from:
             load_imagenet_backbone(model.backbone)
+        elif weights is not None and not cfg.train.init_from:
+            load_imagenet_file(model.backbone, weights)
         model.backbone.recompute_stages = cfg.train.recompute_backbone
         compile_detector(model, cfg)
         model.optimizer.build(model.trainable_variables)
