@@ -68,7 +68,8 @@ def test_accumulate_steps_must_divide_the_batch():
 
 
 def test_steps_per_execution_runs_several_steps_per_call(batches):
-    cfg = tiny_config(PLAIN_SGD + ["train.steps_per_execution=2"])
+    # A usual learning rate: four steps of PLAIN_SGD's 4.0 on one batch can diverge.
+    cfg = tiny_config(PLAIN_SGD + ["train.base_lr=0.01", "train.steps_per_execution=2"])
     model = build_training_model(cfg)
     assert model.steps_per_execution == 2
     x, y = batches[0]
