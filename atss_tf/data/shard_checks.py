@@ -28,6 +28,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from atss_tf.data.splits import tfrecord_patterns
 from atss_tf.data.tfrecords import SHARD_RE, match_files
 from atss_tf.errors import DataError, first_line
 
@@ -144,15 +145,15 @@ def bad_shard_error(patterns: Sequence[str], error: tf.errors.DataLossError) -> 
 
 def naming_bad_shards(fn: Callable) -> Callable:
     """Decorate ``fn(cfg, ...)``: a ``DataLossError`` raised inside becomes
-    :func:`bad_shard_error` over ``cfg.data.train_tfrecords`` and
-    ``cfg.data.val_tfrecords``."""
+    :func:`bad_shard_error` over the TFRecord globs of ``cfg``'s splits
+    (:func:`atss_tf.data.splits.tfrecord_patterns`)."""
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         try:
             return fn(cfg, *args, **kwargs)
         except tf.errors.DataLossError as e:
-            patterns = [p for p in (cfg.data.train_tfrecords, cfg.data.val_tfrecords) if p]
+            patterns = tfrecord_patterns(cfg)
             if not patterns:
                 raise
             raise bad_shard_error(patterns, e) from None

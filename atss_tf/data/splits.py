@@ -132,3 +132,9 @@ def split_source(config, split: str) -> SplitSource:
         DataError: the split names no data (its message names the keys to set).
     """
     return SplitSource(split, Cleaning.from_config(config, split), *_named(config, split))
+
+
+def tfrecord_patterns(config) -> list[str]:
+    """The TFRecord globs ``config``'s splits read (train first), none for a
+    split read from COCO json or not named."""
+    return [tfrecords for split in SPLITS if (tfrecords := _named(config, split)[2])]
