@@ -7,6 +7,7 @@ give the same numbers. All layers take and return NHWC tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
@@ -47,6 +48,95 @@ def build_conv_weights(layer: keras.layers.Layer, input_shape, kernel_size: int)
             initializer=layer.bias_initializer,
             trainable=not layer.frozen,
         )
+
+
+@functools.cache
+def _grouped_gradient_by_group() -> bool:
+    """Whether grouped convolutions need :func:`grouped_conv2d`'s own gradient.
+
+    TensorFlow's CPU kernels of ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter``
+    reject grouped convolutions ("Gradients for grouped convolutions are not
+    supported on CPU"); its GPU kernels and XLA (TPU, ``jit_compile``) have the
+    native gradient. Decided once, on first use (not at import, so tests can
+    still configure logical devices): True when no GPU and no TPU is visible.
+    ``jit_compile`` steps on such a machine take the per-group gradient too
+    (a trace cannot tell whether XLA will compile it); it lowers to XLA and
+    gives the same numbers.
+    """
+    accelerators = tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")
+    return not accelerators
+
+
+def grouped_conv2d(x: tf.Tensor, kernel: tf.Tensor, strides: int, padding: str) -> tf.Tensor:
+    """Grouped 2D convolution ``tf.nn.convolution(x, kernel, strides, padding)``
+    whose gradient also runs on CPU.
+
+    The forward pass is TensorFlow's native grouped convolution (one op, groups
+    = ``C_in / kernel.shape[2]``). Where TF's own gradient is missing (CPU
+    kernels, see :func:`_grouped_gradient_by_group`) the backward pass splits
+    ``x``, ``kernel`` and the output gradient by group, runs the plain
+    (ungrouped) ``Conv2DBackpropInput`` / ``Conv2DBackpropFilter`` per group and
+    concatenates: the gradient of the split-conv-concat formulation. Those ops
+    also lower to XLA, so ``jit_compile`` steps keep compiling.
+
+    Args:
+        x: ``[B, H, W, C_in]`` input (already padded for ``"VALID"``).
+        kernel: ``[k, k, C_in / groups, F]`` (HWIO) kernel, ``x``'s dtype;
+            ``F`` divisible by ``groups``.
+        strides: square stride.
+        padding: ``"SAME"`` or ``"VALID"``.
+
+    Returns:
+        ``[B, H', W', F]`` in ``x``'s dtype.
+    """
+    if not _grouped_gradient_by_group():
+        return tf.nn.convolution(x, kernel, strides=strides, padding=padding)
+    return _grouped_conv2d_split_gradient(x, kernel, strides, padding)
+
+
+def _grouped_conv2d_split_gradient(
+    x: tf.Tensor, kernel: tf.Tensor, strides: int, padding: str
+) -> tf.Tensor:
+    """:func:`grouped_conv2d` with the per-group gradient (see there)."""
+    # A tensor, not a variable: tf.custom_gradient would otherwise see a variable
+    # read inside ``conv`` and want its gradient through ``variables``.
+    kernel = tf.convert_to_tensor(kernel)
+    groups = int(x.shape[-1]) // int(kernel.shape[2])
+    stride4 = [1, strides, strides, 1]
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        y = tf.nn.convolution(x, kernel, strides=strides, padding=padding)
+
+        def grad(dy):
+            xs = tf.split(x, groups, axis=-1)
+            ks = tf.split(kernel, groups, axis=-1)
+            dys = tf.split(dy, groups, axis=-1)
+            dx = [
+                tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(xg),
+                    filter=kg,
+                    out_backprop=dyg,
+                    strides=stride4,
+                    padding=padding,
+                )
+                for xg, kg, dyg in zip(xs, ks, dys)
+            ]
+            dk = [
+                tf.raw_ops.Conv2DBackpropFilter(
+                    input=xg,
+                    filter_sizes=tf.shape(kg),
+                    out_backprop=dyg,
+                    strides=stride4,
+                    padding=padding,
+                )
+                for xg, kg, dyg in zip(xs, ks, dys)
+            ]
+            return tf.concat(dx, axis=-1), tf.concat(dk, axis=-1)
+
+        return y, grad
+
+    return conv(x, kernel)
 
 
 @keras.saving.register_keras_serializable(package="atss_tf")
@@ -124,9 +214,11 @@ class TorchConv2D(keras.layers.Layer):
         if self.groups > 1 and keras.backend.backend() == "tensorflow":
             # keras.ops.conv runs grouped convs through a fresh jit_compile'd
             # tf.function on every eager call (a workaround for old TF CPU
-            # kernels): 2x slower eagerly here, while TF 2.21's own grouped conv
-            # works forward and backward on CPU, GPU and TPU.
-            x = tf.nn.convolution(x, self.kernel, strides=self.strides, padding=padding.upper())
+            # kernels): 2x slower eagerly. TF's native grouped conv runs
+            # forward everywhere; grouped_conv2d gives it a gradient on CPU,
+            # where TF's kernels have none.
+            kernel = ops.convert_to_tensor(self.kernel, dtype=x.dtype)
+            x = grouped_conv2d(x, kernel, self.strides, padding.upper())
         else:
             x = ops.conv(x, self.kernel, strides=self.strides, padding=padding)
         if self.bias is not None:
