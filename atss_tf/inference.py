@@ -34,23 +34,15 @@ def load_detector(weights: str | os.PathLike, config: Config | None = None) -> k
             ``config``; the message names the file.
     """
     import atss_tf
-    from atss_tf.model import ATSSDetector, build_detector
+    from atss_tf.model import build_detector
+    from atss_tf.model.loading import load_keras_detector
 
     atss_tf.load_api()  # registers every Keras class (the console script defers it)
     path = os.fspath(weights)
     if not files.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".keras"):
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # Keras raises many types for a foreign or damaged file
-            raise CheckpointError(f"cannot load {path} as a Keras model: {first_line(e)}") from None
-        if not isinstance(model, ATSSDetector):
-            raise CheckpointError(
-                f"{path} holds a Keras {type(model).__name__}, not an ATSS detector "
-                "(atss-tf train and atss-tf convert write those)"
-            )
-        return model
+        return load_keras_detector(path)
     if path.endswith(".weights.h5"):
         if config is None:
             raise UsageError(f"{path} holds weights only: pass --config with the model's config")

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from atss_tf import files
-from atss_tf.errors import CheckpointError, UsageError, first_line
+from atss_tf.errors import CheckpointError, UsageError
 
 logger = logging.getLogger("atss_tf")
 
@@ -235,7 +235,7 @@ def load_source(path: str | os.PathLike):
         CheckpointError: the file is not an ATSS detector (the message names it).
     """
     import atss_tf
-    from atss_tf.model import ATSSDetector
+    from atss_tf.model.loading import load_keras_detector
 
     atss_tf.load_api()  # registers every Keras class (the console script defers it)
     path = os.fspath(path)
@@ -249,16 +249,7 @@ def load_source(path: str | os.PathLike):
         raise UsageError(
             f"--init-from {path}: expected a .keras model or an official .pth checkpoint"
         )
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for a foreign or damaged file
-        raise CheckpointError(f"cannot load {path} as a Keras model: {first_line(e)}") from None
-    if not isinstance(model, ATSSDetector):
-        raise CheckpointError(
-            f"--init-from {path} holds a Keras {type(model).__name__}, not an ATSS detector "
-            "(atss-tf train and atss-tf convert write those)"
-        )
-    return model
+    return load_keras_detector(path)
 
 
 def init_from(target, path: str | os.PathLike) -> InitReport:
