@@ -228,12 +228,6 @@ def test_zoo_configs_train(config, coco80, tmp_path, monkeypatch):
     R-101 configs above."""
     from atss_tf.config import load_config
 
-    grouped = load_config(ROOT / config).model.backbone.groups > 1
-    if grouped and not tf.config.list_physical_devices("GPU"):
-        # Known bug, open: TorchConv2D's grouped conv has no gradient on CPU in
-        # TensorFlow ("Gradients for grouped convolutions are not supported on
-        # CPU"), so the ResNeXt rows train on GPUs/TPUs only until it is fixed.
-        pytest.skip("ResNeXt training needs grouped-conv gradients, which TF lacks on CPU")
     monkeypatch.chdir(_in_a_user_folder(tmp_path, coco80))
     overrides = shrink_overrides(config, coco80)
     canvases = next(o for o in overrides if o.startswith("data.canvases="))
