@@ -32,8 +32,10 @@ from atss_tf.data.coco_names import COCO_CATEGORY_IDS
 from atss_tf.evaluation import METRIC_NAMES
 from tests.helpers.fixtures import OFFICIAL_CHECKPOINTS, fixture_path
 from tests.helpers.journeys import (
+    ANY_ON_SMALL_BACKBONE,
     COCO_CATEGORIES,
     CONFIGS,
+    NARROW_BACKBONE,
     NO_DOWNLOAD,
     ROOT,
     SMALL_BACKBONE,
@@ -173,9 +175,7 @@ def _inference_model_key(config: str) -> str:
     section (head, anchors, box coding) and post-processing."""
     from atss_tf.config import load_config, to_dict
 
-    plain = ["model.backbone.dcn_stages=[]", "model.backbone.groups=1"]
-    plain.append("model.backbone.width_per_group=64")  # the backbone is dropped below
-    d = to_dict(load_config(ROOT / config, SMALL_BACKBONE + plain))
+    d = to_dict(load_config(ROOT / config, ANY_ON_SMALL_BACKBONE))  # its backbone is dropped
     d["model"].pop("backbone")
     return json.dumps([d["model"], d["postprocess"]], sort_keys=True)
 
@@ -209,9 +209,6 @@ def _zoo_backbone_configs() -> list[str]:
 
 
 ZOO_BACKBONE_CONFIGS = _zoo_backbone_configs()
-# The zoo backbones at an eighth of their width: every layer, group count,
-# stride and DCN of the config, a fraction of its channels.
-NARROW_BACKBONE = ["model.backbone.width_multiplier=0.125"]
 
 
 @pytest.mark.parametrize("config", ZOO_BACKBONE_CONFIGS)

@@ -64,6 +64,17 @@ def train_step_key(cfg) -> str:
 
 # A ResNet-18 at a quarter width instead of the config's backbone.
 SMALL_BACKBONE = ["model.backbone.depth=18", "model.backbone.width_multiplier=0.25"]
+# The zoo backbones at an eighth of their width: every layer, group count,
+# stride and DCN of the config, a fraction of its channels.
+NARROW_BACKBONE = ["model.backbone.width_multiplier=0.125"]
+# Any shipped config on SMALL_BACKBONE (basic blocks take no DCN, one group):
+# for keys that compare what is around the backbone.
+ANY_ON_SMALL_BACKBONE = [
+    *SMALL_BACKBONE,
+    "model.backbone.dcn_stages=[]",
+    "model.backbone.groups=1",
+    "model.backbone.width_per_group=64",
+]
 
 
 def shrink_overrides(
