@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,6 +39,7 @@ def tiny(tmp_path_factory):
     resize (91x127 on the 128x128 canvas) leaves padding."""
     root = tmp_path_factory.mktemp("litert")
     weights = root / "tiny.keras"
+    keras.utils.set_random_seed(0)
     build_detector(tiny_config(OVERRIDES)).save(weights)
     photo = load_fixture("official_outputs.npz")["input_rgb_uint8"]
     image = np.asarray(Image.fromarray(photo).resize((140, 100), Image.BILINEAR))
@@ -126,12 +128,15 @@ def _errors(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str,
     return {"score": score, "matched": matched}
 
 
-# Measured on the tiny untrained model and the photo (2026-12-07): float16
-# 6.2e-5 and 20/20 boxes, dynamic 1.8e-3 and 19/20; benchmarks/RESULTS.md has a
-# trained model's. The bounds leave room above them.
+# Measured on the tiny untrained model and the photo, model seeds 0-3
+# (2026-12-07): float16 6.1e-5 to 5.1e-4 and 17 to 20 of 20 boxes, dynamic
+# 5.1e-4 to 1.1e-3 and 17 to 18 of 20. An untrained head scores every box about
+# 0.01, so a small score change lets NMS keep a neighbour instead; the bounds
+# hold for every seed measured, and the fixture's seed makes the run repeatable.
+# benchmarks/RESULTS.md has a trained model's agreement.
 BOUNDS = {
-    "float16": {"score": 5e-4, "matched": 0.95},
-    "dynamic": {"score": 1e-2, "matched": 0.85},
+    "float16": {"score": 1e-3, "matched": 0.8},
+    "dynamic": {"score": 1e-2, "matched": 0.75},
 }
 
 
