@@ -194,12 +194,7 @@ def run(args) -> int:
             args.out,
             input_type=args.input_type,
             batch_size=args.batch_size,
-            min_size=max(params.min_size) if args.min_size is None else args.min_size,
-            max_size=params.max_size if args.max_size is None else args.max_size,
-            # --min-size/--max-size without --canvases: export_saved_model fits them.
-            canvases=args.canvases
-            if args.canvases is not None or (args.min_size, args.max_size) != (None, None)
-            else params.canvases,
+            **_test_sizes(args, params),
             normalized_boxes=args.normalized_boxes,
             max_pixels=max_pixels,
             version=args.version,
@@ -228,6 +223,18 @@ def run(args) -> int:
     return 0
 
 
+def _test_sizes(args, params) -> dict:
+    """``min_size``, ``max_size`` and ``canvases`` of an export: the flags, else
+    the model's. ``--min-size/--max-size`` without ``--canvases`` give ``None``
+    canvases, which the exporters fit to the sizes."""
+    sized = (args.min_size, args.max_size) != (None, None)
+    return {
+        "min_size": max(params.min_size) if args.min_size is None else args.min_size,
+        "max_size": params.max_size if args.max_size is None else args.max_size,
+        "canvases": args.canvases if args.canvases is not None or sized else params.canvases,
+    }
+
+
 def run_litert(args, model, params) -> int:
     """``--format litert``: write and describe ``OUT/model.tflite`` (the test
     size and canvases chosen as for the SavedModel; the first canvas is the input)."""
@@ -236,11 +243,7 @@ def run_litert(args, model, params) -> int:
     path = export_litert(
         model,
         args.out,
-        min_size=max(params.min_size) if args.min_size is None else args.min_size,
-        max_size=params.max_size if args.max_size is None else args.max_size,
-        canvases=args.canvases
-        if args.canvases is not None or (args.min_size, args.max_size) != (None, None)
-        else params.canvases,
+        **_test_sizes(args, params),
         quantize=args.quantize,
         normalized_boxes=args.normalized_boxes,
     )
