@@ -182,11 +182,15 @@ def test_fit_and_progress_bars_do_not_flood_a_log(monkeypatch, capsys):
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     assert progress.fit_verbosity() == 2
-    bar = progress.progress_bar(1000, "Checking")
+    bar = progress.progress_bar(1000, "Checking", "image")
     for i in range(1, 1001):
         bar.update(i)
+    bar.update(1000, finalize=True)  # callers finalize too: no second last line
     out = capsys.readouterr().out
     assert out.count("\n") <= 3, out
+    assert "\x1b" not in out, out  # no terminal colour or cursor codes in a log
+    assert out.splitlines()[0] == "Checking"
+    assert out.splitlines()[-1].startswith("  1000/1000 images, ")
 
 
 def test_resuming_with_a_different_config_is_refused_and_keeps_the_run(capsys, tmp_path):
