@@ -7,7 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from atss_tf.training.callbacks import CocoEvalCallback, ResumableCheckpoint, StopOnNaN
+from atss_tf.training.callbacks import (
+    CocoEvalCallback,
+    ResumableCheckpoint,
+    StopOnNaN,
+    TimeEstimate,
+)
 
 
 def _toy_model(lr: float) -> keras.Model:
@@ -29,6 +34,28 @@ def test_finite_losses_pass():
     cb.on_train_batch_end(0, {"loss": 1.0, "cls_loss": 0.5})
     with pytest.raises(FloatingPointError, match="cls_loss became nan"):
         cb.on_train_batch_end(1, {"loss": 1.0, "cls_loss": math.nan})
+
+
+def test_time_estimate_logs_the_median_step_after_the_compiled_first(caplog):
+    """One line after ``skip_steps`` and ``measure_steps`` more: the median
+    step (a second canvas' compile does not inflate it) times the steps left
+    from the optimizer's count (a resumed run counts from its checkpoint)."""
+    now = [0.0]
+    cb = TimeEstimate(max_iters=1000, measure_steps=5, skip_steps=1, clock=lambda: now[0])
+    model = _toy_model(0.1)
+    model.optimizer.iterations.assign(200)  # resumed at step 200
+    cb.set_model(model)
+    durations = [30.0, 0.5, 0.5, 9.0, 0.5, 0.5, 0.5, 0.5]  # compile, steps, a 2nd canvas
+    with caplog.at_level("INFO", logger="atss_tf"):
+        for batch, seconds in enumerate(durations):
+            cb.on_train_batch_begin(batch)
+            now[0] += seconds
+            model.optimizer.iterations.assign_add(1)
+            cb.on_train_batch_end(batch)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    # logged after step 206: 794 steps left at 0.5 s
+    assert lines[0].startswith("0.50 s/step: the remaining 794 steps take about 6.6 min (until ")
 
 
 def test_coco_eval_callback_runs_every_n_epochs_and_logs_metrics():

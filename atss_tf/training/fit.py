@@ -44,6 +44,7 @@ from atss_tf.training.callbacks import (
     CocoEvalCallback,
     ResumableCheckpoint,
     StopOnNaN,
+    TimeEstimate,
     TrainingLog,
     save_model_file,
 )
@@ -311,6 +312,7 @@ def train(
     all_callbacks: list[keras.callbacks.Callback] = [
         ResumableCheckpoint(files.join(written, "checkpoints")),
         StopOnNaN(),
+        TimeEstimate(cfg.train.max_iters),
     ]
     evaluate_fn = picture_fn = None
     if val_split is not None and cfg.train.strategy == "multi_worker":
