@@ -290,27 +290,13 @@ def test_r50_passes_on_the_fixture_images_match_the_authors(npz, r50):
 
 
 @pytest.mark.slow
-def test_r50_tta_from_the_photo_matches_the_authors_final(npz, r50):
-    """From ``input_rgb_uint8``: the whole TTA against ``final`` (pass 0's
-    pixels) and ``final_original_pixels``. Measured (2 cores, AMD EPYC):
-    boxes 2.4e-4 px, scores 2.6e-6 (the resize is PIL's exactly, so only
-    float rounding differs); in original pixels this project clips to the
-    image, the authors' inclusive scaling leaves x2/y2 up to 0.63 px beyond it."""
-    result = r50["runner"](npz["input_rgb_uint8"], with_passes=True)
-    final = group(npz, "final")
-    boxes, scores = differences({**result, "boxes": result["merged_boxes"]}, final)
-    assert boxes < 0.01 and scores < 1e-4
-    original = group(npz, "final_original_pixels")
-    h, w = npz["input_rgb_uint8"].shape[:2]
-    clipped = np.clip(original["boxes"], 0, [w, h, w, h])
-    boxes, scores = differences(result, {**original, "boxes": clipped})
-    assert boxes < 0.01 and scores < 1e-4
-    assert len(result["scores"]) == 574
-
-
-@pytest.mark.slow
 def test_predict_cli_with_tta_writes_the_authors_final(npz, r50, tmp_path):
-    """``atss-tf predict --tta`` with the fixture's scales set by --set alone."""
+    """The whole TTA from ``input_rgb_uint8``, through ``atss-tf predict --tta``
+    with the fixture's scales set by --set alone, against
+    ``final_original_pixels``. Measured (2 cores, AMD EPYC): boxes 2.4e-4 px,
+    scores 2.6e-6 before the json's rounding (the resize is PIL's exactly, so
+    only float rounding differs); this project clips to the image, where the
+    authors' inclusive scaling leaves x2/y2 up to 0.63 px beyond it."""
     photo = tmp_path / "crop.png"
     Image.fromarray(npz["input_rgb_uint8"]).save(photo)
     ranges = [[int(v) for v in r] for r in npz["scale_ranges"]]
@@ -321,9 +307,26 @@ def test_predict_cli_with_tta_writes_the_authors_final(npz, r50, tmp_path):
     assert cli.main(argv) == 0
     records = json.loads((tmp_path / "out" / "detections.json").read_text())
     want = group(npz, "final_original_pixels")
+    h, w = npz["input_rgb_uint8"].shape[:2]
+    want["boxes"] = np.clip(want["boxes"], 0, [w, h, w, h])
     assert len(records) == len(want["scores"]) == 574
-    got = np.sort([r["score"] for r in records])[::-1]
-    np.testing.assert_allclose(got, np.sort(want["scores"])[::-1], atol=1e-4)
+    got = {
+        "boxes": np.array([r["box_xyxy"] for r in records]),
+        "scores": np.array([r["score"] for r in records]),
+        "classes": np.array([r["label"] for r in records]),
+    }
+    # The json rounds scores to 1e-5, which can reorder near-ties: each record
+    # takes the closest unmatched official box of its class and score.
+    free = np.ones(len(want["scores"]), bool)
+    worst = 0.0
+    for box, score, cls in zip(got["boxes"], got["scores"], got["classes"]):
+        ok = free & (want["classes"] == cls) & (np.abs(want["scores"] - score) < 1e-4)
+        assert ok.any(), (box, score, cls)
+        diff = np.where(ok, np.abs(want["boxes"] - box).max(axis=1), np.inf)
+        j = int(np.argmin(diff))
+        free[j] = False
+        worst = max(worst, float(diff[j]))
+    assert worst < 0.015, worst  # rounded to 0.01 px
 
 
 # ------------------------------------------------ CLI and SavedModel, tiny
