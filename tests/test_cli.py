@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,17 @@ def test_help_lists_commands_and_unknown_command_fails(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys):
+def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys, monkeypatch):
+    from atss_tf import visualization
+
+    drawn = []
+
+    def drawing(images, detections, names, path, score_threshold=0.3, titles=None):
+        drawn.append(score_threshold)
+        visualization.save_detection_grid(images, detections, names, path, score_threshold, titles)
+
+    monkeypatch.setattr("atss_tf.visualization.save_detection_grid", drawing)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     out = tmp_path / "demo"
     rc = cli.main(
         [
@@ -57,6 +68,9 @@ def test_demo_end_to_end_tiny_then_evaluate_matches_pycocotools(tmp_path, capsys
     assert rc == 0
     printed = capsys.readouterr().out
     assert "COCO AP" in printed
+    # a log file gets plain lines (no terminal codes); the picture the confident boxes only
+    assert "\x1b" not in printed, printed
+    assert drawn == [0.5] and "(detections scoring >= 0.5)" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == list(METRIC_NAMES)
     for name in ("predictions.png", "model.keras", "detections.json", "config.yaml"):
