@@ -129,7 +129,7 @@ class TimeEstimate(keras.callbacks.Callback):
 
     The first step of each canvas pays its trace and compile, and the first
     few share the cores with the input pipeline's start (its encoder compiles
-    too: the demo's steps 2-11 measured 0.86 s against 0.60 later), so the
+    too: the demo's steps 2-11 measured 0.86 s against 0.60-0.74 later), so the
     estimate is the median duration of the ``measure_steps`` steps after the
     first ``skip_steps``, times the steps left up to ``max_iters`` (a resumed
     run counts from its checkpoint). Evaluation is not included.
