@@ -11,7 +11,7 @@ from atss_tf.targets import TargetEncoder
 from atss_tf.training.fit import build_training_model
 from tests.helpers.journeys import SPARSE_CATEGORIES, make_dataset
 from tests.helpers.tiny import THREE_CANVAS_SIZES as CANVASES
-from tests.helpers.tiny import THREE_CANVASES, tiny_config
+from tests.helpers.tiny import THREE_CANVASES, TWO_CANVAS_SIZES, TWO_CANVASES, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +49,13 @@ def _fit_canvases(cfg, canvases):
     return model
 
 
-# A landscape and a portrait canvas: XLA compiles a canvas in about 20 s here,
-# and alternating between two is what the property needs (the non-XLA fit,
-# evaluate, predict and detect on three canvases: test_mirrored_fit.py).
-TWO_CANVASES = [(96, 128), (128, 96)]
-
-
+# XLA compiles a canvas in about 20 s here, so two (the non-XLA fit, evaluate,
+# predict and detect under MirroredStrategy: test_mirrored_fit.py).
 @pytest.mark.slow
 def test_xla_fit_and_predict_compile_each_canvas_once(data):
-    extra = (f"data.canvases={[list(c) for c in TWO_CANVASES]}", "data.min_size=[96]")
-    model = _fit_canvases(_config(data, jit=True, extra=extra), TWO_CANVASES)
+    model = _fit_canvases(_config(data, jit=True, extra=TWO_CANVASES), TWO_CANVAS_SIZES)
     rng = np.random.default_rng(0)
-    for canvas in TWO_CANVASES * 2:
+    for canvas in TWO_CANVAS_SIZES * 2:
         det = model.predict_on_batch(rng.uniform(0, 255, (2, *canvas, 3)).astype("float32"))
         assert det["boxes"].shape == (2, 100, 4)
     assert model.predict_function.step.tracing_counts() == [1, 1]

@@ -211,33 +211,67 @@ def _zoo_backbone_configs() -> list[str]:
 ZOO_BACKBONE_CONFIGS = _zoo_backbone_configs()
 
 
-@pytest.mark.parametrize("config", ZOO_BACKBONE_CONFIGS)
-def test_zoo_configs_train(config, coco80, tmp_path, monkeypatch):
-    """The DCN and ResNeXt rows of the model zoo (R-50/101-DCN, X-101-32x8d /
-    64x4d with and without DCN): the config, its data pipeline and targets
-    (161 shorter sides, its canvases shrunk as every journey's) through two
-    fit steps of its own architecture at an eighth of the backbone's width,
-    on its first canvas. A full-size X-101 train step costs minutes to build
-    and compile on 2 cores, and the steps of these models share every piece
-    with tests that run them in full: the DCN layer and both DCN fixture
-    models (test_deformable, test_model_dcn), the ImageNet files
-    (test_imagenet_files), the CLI train / evaluate / predict of the R-50 and
-    R-101 configs above."""
-    from atss_tf.config import load_config
-
-    monkeypatch.chdir(_in_a_user_folder(tmp_path, coco80))
-    overrides = shrink_overrides(config, coco80)
+def _zoo_argv(config: str, data: dict[str, str]) -> list[str]:
+    """``atss-tf train`` of a zoo config on ``data``: its first canvas, shrunk
+    as every journey's, and :data:`NARROW_BACKBONE`."""
+    overrides = shrink_overrides(config, data)
     canvases = next(o for o in overrides if o.startswith("data.canvases="))
     first = yaml.safe_load(canvases.split("=", 1)[1])[0]
     overrides += [f"data.canvases=[{first}]"] + NARROW_BACKBONE
-    argv = ["train", "--config", config, "--out", "runs/zoo"]
-    argv += [w for o in overrides for w in ("--set", o)]
-    model = _trains_on_a_compiled_step(argv, None)
-    shipped = load_config(ROOT / config).model
-    assert model.backbone.depth == shipped.backbone.depth
-    assert model.backbone.groups == shipped.backbone.groups
-    assert model.backbone.dcn_stages == shipped.backbone.dcn_stages
-    assert model.head.dcn == shipped.head.dcn
+    return ["train", "--config", config, "--out", "runs/zoo"] + [
+        w for o in overrides for w in ("--set", o)
+    ]
+
+
+def _zoo_step_groups() -> dict[str, list[str]]:
+    """The zoo configs grouped by the train step they compile on
+    :data:`NARROW_BACKBONE` (R-50-DCN's and R-101-DCN's are one), each group
+    named by its first config's file stem."""
+    from atss_tf.config import load_config
+
+    groups: dict[str, list[str]] = {}
+    for config in ZOO_BACKBONE_CONFIGS:
+        key = train_step_key(load_config(ROOT / config, NO_DOWNLOAD + NARROW_BACKBONE))
+        groups.setdefault(key, []).append(config)
+    return {Path(configs[0]).stem: configs for configs in groups.values()}
+
+
+ZOO_STEP_GROUPS = _zoo_step_groups()
+
+
+@pytest.mark.parametrize("group", list(ZOO_STEP_GROUPS))
+def test_zoo_configs_train(group, coco80, tmp_path, monkeypatch, subtests):
+    """The DCN and ResNeXt rows of the model zoo (R-50/101-DCN, X-101-32x8d /
+    64x4d with and without DCN), one subtest per config: the config built at
+    its own depth and an eighth of its width has the shipped architecture
+    (depth, groups, DCN stages, head DCN); its data pipeline and targets (161
+    shorter sides, its canvases shrunk as every journey's) go through two fit
+    steps of that architecture at depth 50 (:data:`NARROW_BACKBONE`), on its
+    first canvas, configs of one step sharing its model. A full-size X-101
+    train step costs minutes to build and compile on 2 cores, and the steps
+    of these models share every piece with tests that run them in full: the
+    DCN layer and both DCN fixture models (test_deformable, test_model_dcn),
+    the ImageNet files (test_imagenet_files), the CLI train / evaluate /
+    predict of the R-50 and R-101 configs above."""
+    from atss_tf.commands.common import config_from_args
+    from atss_tf.config import load_config
+    from atss_tf.model import build_detector
+
+    monkeypatch.chdir(_in_a_user_folder(tmp_path, coco80))
+    shared = None
+    for config in ZOO_STEP_GROUPS[group]:
+        with subtests.test(config=config):
+            argv = _zoo_argv(config, coco80)
+            shipped = load_config(ROOT / config).model
+            own_depth = argv + ["--set", f"model.backbone.depth={shipped.backbone.depth}"]
+            cfg = config_from_args(cli.build_command_parser("train").parse_args(own_depth[1:]))
+            model = build_detector(cfg)
+            assert model.backbone.depth == shipped.backbone.depth
+            assert model.backbone.groups == shipped.backbone.groups
+            assert model.backbone.dcn_stages == shipped.backbone.dcn_stages
+            assert model.head.dcn == shipped.head.dcn
+            shared = _trains_on_a_compiled_step(argv, shared)
+            assert shared.backbone.dcn_stages == shipped.backbone.dcn_stages
 
 
 def _train_step_groups() -> dict[str, list[str]]:

@@ -64,9 +64,12 @@ def train_step_key(cfg) -> str:
 
 # A ResNet-18 at a quarter width instead of the config's backbone.
 SMALL_BACKBONE = ["model.backbone.depth=18", "model.backbone.width_multiplier=0.25"]
-# The zoo backbones at an eighth of their width: every layer, group count,
-# stride and DCN of the config, a fraction of its channels.
-NARROW_BACKBONE = ["model.backbone.width_multiplier=0.125"]
+# The zoo backbones at an eighth of their width and at depth 50: every kind of
+# layer, group count, stride and DCN of the config, a fraction of its channels.
+# Depth 101 adds 17 more of c4's blocks, the same ops, and doubles the trace
+# of a step (43 to 86 s for R-101-DCN on 2 cores); the R-101 journey runs a
+# full-depth step, and the zoo journeys build each config at its own depth.
+NARROW_BACKBONE = ["model.backbone.width_multiplier=0.125", "model.backbone.depth=50"]
 # Any shipped config on SMALL_BACKBONE (basic blocks take no DCN, one group):
 # for keys that compare what is around the backbone.
 ANY_ON_SMALL_BACKBONE = [

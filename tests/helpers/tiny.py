@@ -46,6 +46,18 @@ THREE_CANVASES = [
 ]
 
 
+# A landscape and a portrait canvas: alternating between two is what "each
+# canvas compiled once" needs.
+TWO_CANVAS_SIZES = THREE_CANVAS_SIZES[:2]
+# Overrides of the tiny config: training on TWO_CANVAS_SIZES (one shorter
+# side, 96), the other overrides as THREE_CANVASES.
+TWO_CANVASES = [
+    f"data.canvases={[list(c) for c in TWO_CANVAS_SIZES]}",
+    "data.min_size=[96]",
+    *THREE_CANVASES[2:],
+]
+
+
 def tiny_config(extra: list[str] | None = None) -> Config:
     return load_config(None, TINY_OVERRIDES + list(extra or []))
 
