@@ -167,11 +167,10 @@ def test_readme_fine_tuning_from_the_official_r50(
     ids, evaluate, predict; in-process, in a user's folder, on one 96-px canvas."""
     import json
 
-    import yaml
-
     from atss_tf import cli
     from tests.helpers.journeys import (
         SPARSE_CATEGORIES,
+        first_canvas_only,
         make_dataset,
         readme_commands,
         shrink_overrides,
@@ -185,8 +184,7 @@ def test_readme_fine_tuning_from_the_official_r50(
     Path("configs").symlink_to(ROOT / "configs")
     Path("my_photos").symlink_to(data["val_images"])
     small = shrink_overrides("configs/atss_r50_fpn_1x_coco.yaml", data)
-    canvases = next(o for o in small if o.startswith("data.canvases="))
-    small.append(f"data.canvases=[{yaml.safe_load(canvases.split('=', 1)[1])[0]}]")
+    small.append(first_canvas_only(small))
 
     for argv in commands:
         if "--config" in argv:

@@ -23,7 +23,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -40,6 +39,7 @@ from tests.helpers.journeys import (
     ROOT,
     SMALL_BACKBONE,
     SPARSE_CATEGORIES,
+    first_canvas_only,
     make_dataset,
     readme_commands,
     shrink_overrides,
@@ -91,9 +91,7 @@ def _with_overrides(argv: list[str], data: dict[str, str], first_canvas: bool = 
     small = "ablations/" in config
     overrides = shrink_overrides(config, data, small_backbone=small)
     if small or first_canvas:
-        canvases = next(o for o in overrides if o.startswith("data.canvases="))
-        first = yaml.safe_load(canvases.split("=", 1)[1])[0]
-        overrides.append(f"data.canvases=[{first}]")
+        overrides.append(first_canvas_only(overrides))
     return argv + [w for o in overrides for w in ("--set", o)]
 
 
@@ -215,9 +213,7 @@ def _zoo_argv(config: str, data: dict[str, str]) -> list[str]:
     """``atss-tf train`` of a zoo config on ``data``: its first canvas, shrunk
     as every journey's, and :data:`NARROW_BACKBONE`."""
     overrides = shrink_overrides(config, data)
-    canvases = next(o for o in overrides if o.startswith("data.canvases="))
-    first = yaml.safe_load(canvases.split("=", 1)[1])[0]
-    overrides += [f"data.canvases=[{first}]"] + NARROW_BACKBONE
+    overrides += [first_canvas_only(overrides)] + NARROW_BACKBONE
     return ["train", "--config", config, "--out", "runs/zoo"] + [
         w for o in overrides for w in ("--set", o)
     ]

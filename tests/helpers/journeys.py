@@ -13,6 +13,8 @@ import re
 import shlex
 from pathlib import Path
 
+import yaml
+
 from atss_tf.config import load_config, to_dict
 from atss_tf.data.coco_names import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from atss_tf.data.synthetic import generate_synthetic_coco
@@ -112,6 +114,13 @@ def shrink_overrides(
     if small_backbone:
         overrides += SMALL_BACKBONE
     return overrides
+
+
+def first_canvas_only(overrides: list[str]) -> str:
+    """The ``data.canvases=`` override that keeps only the first canvas of the
+    one in ``overrides`` (as :func:`shrink_overrides` gives it)."""
+    canvases = next(o for o in overrides if o.startswith("data.canvases="))
+    return f"data.canvases=[{yaml.safe_load(canvases.split('=', 1)[1])[0]}]"
 
 
 def readme_commands(section: str) -> list[list[str]]:

@@ -35,26 +35,27 @@ TINY_OVERRIDES = [
 
 # Landscape, portrait and (for the larger multi-scale size) square canvases.
 THREE_CANVAS_SIZES = [(96, 128), (128, 96), (128, 128)]
-# Overrides of the tiny config: multi-scale training over THREE_CANVAS_SIZES.
-THREE_CANVASES = [
-    f"data.canvases={[list(c) for c in THREE_CANVAS_SIZES]}",
-    "data.min_size=[96, 128]",
+# A landscape and a portrait canvas: alternating between two is what "each
+# canvas compiled once" needs.
+TWO_CANVAS_SIZES = THREE_CANVAS_SIZES[:2]
+# What the multi-canvas overrides below share.
+_MULTI_CANVAS = [
     "data.max_size=128",
     "data.batch_size=2",
     # An untrained head scores about 0.01: keep its boxes so predictions can be compared.
     "postprocess.score_threshold=0.001",
 ]
-
-
-# A landscape and a portrait canvas: alternating between two is what "each
-# canvas compiled once" needs.
-TWO_CANVAS_SIZES = THREE_CANVAS_SIZES[:2]
-# Overrides of the tiny config: training on TWO_CANVAS_SIZES (one shorter
-# side, 96), the other overrides as THREE_CANVASES.
+# Overrides of the tiny config: multi-scale training over THREE_CANVAS_SIZES.
+THREE_CANVASES = [
+    f"data.canvases={[list(c) for c in THREE_CANVAS_SIZES]}",
+    "data.min_size=[96, 128]",
+    *_MULTI_CANVAS,
+]
+# Overrides of the tiny config: training on TWO_CANVAS_SIZES (one shorter side, 96).
 TWO_CANVASES = [
     f"data.canvases={[list(c) for c in TWO_CANVAS_SIZES]}",
     "data.min_size=[96]",
-    *THREE_CANVASES[2:],
+    *_MULTI_CANVAS,
 ]
 
 
