@@ -355,8 +355,8 @@ def test_every_shipped_config_trains_evaluates_and_predicts(
     Every config runs on its first canvas: the ablations' and the R-101
     config's canvases are the R-50 config's, whose README journey runs all
     four (and the mirrored test alternates two), and each further canvas
-    would add a compile to each one's cost, for R-101 a full-depth one. The paper-table
-    configs (``ablations/table*``, 26 of them) train two steps; of them, the
+    would add a compile to each one's cost, for R-101 a full-depth one. The
+    paper-table configs (``ablations/table*``, 26 of them) train two steps; of them, the
     RetinaNet baseline with every Table 1 switch off (no centerness branch,
     no scalar, no GroupNorm, smooth L1, positives outside the box) also
     evaluates and predicts.
@@ -382,7 +382,7 @@ def test_every_shipped_config_trains_evaluates_and_predicts(
             else:
                 train_argv = readme_commands("Training on COCO")[0]
                 argv = _with_overrides(
-                    [config if a == MAIN_CONFIG else a for a in train_argv], data
+                    [config if a == MAIN_CONFIG else a for a in train_argv], data, first_canvas=True
                 )
                 shared = _trains_on_a_compiled_step(argv, shared)
 
