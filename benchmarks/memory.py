@@ -17,6 +17,13 @@ behaviour before that setting existed); ``BFC allocator`` and
 ``MALLOC_ARENA_MAX=2`` try the other allocator settings by environment;
 ``recompute_backbone`` turns on ``train.recompute_backbone``.
 
+Two variants take TensorFlow's machinery away one piece at a time, to tell
+which part of the gap to the official code is TensorFlow's own: ``eager
+targets`` makes the batch's targets with the encoder's ops run one by one
+(nothing is compiled by XLA in the process, as nothing is in the official
+one), and ``eager targets, eager step`` also runs the train step eagerly
+(``model.run_eagerly``: no traced graph, no Grappler, as in PyTorch).
+
 The variant ``float32, BFC stats`` runs the plain step with TensorFlow's BFC
 allocator on the CPU (``TF_CPU_ALLOCATOR_USE_BFC``) so that
 ``tf.config.experimental.get_memory_info`` gives what TensorFlow's tensors
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,28 +62,35 @@ from benchmarks.common import (  # noqa: E402
 )
 
 NO_XLA = "train.jit_compile=false"
-# name -> (config overrides, extra environment, breakdown run)
 BEFORE = "train.host_mmap_threshold=0"  # glibc's dynamic threshold, as before issue 25
-VARIANTS: dict[str, tuple[list[str], dict[str, str], bool]] = {
-    "float32, glibc's mmap threshold": ([NO_XLA, BEFORE], {}, False),
-    "float32": ([NO_XLA], {}, False),
-    "float32, recompute_backbone": ([NO_XLA, "train.recompute_backbone=true"], {}, False),
-    "float32, BFC stats": ([NO_XLA], {"TF_CPU_ALLOCATOR_USE_BFC": "true"}, True),
-    "float32, glibc's mmap threshold, BFC allocator": (
-        [NO_XLA, BEFORE],
-        {"TF_CPU_ALLOCATOR_USE_BFC": "true"},
-        False,
+
+
+class Variant(NamedTuple):
+    """One of our processes: config overrides, extra environment, and what it measures."""
+
+    overrides: list[str]
+    env: dict[str, str] = {}
+    breakdown: bool = False  # BFC tensor counts and tracemalloc
+    eager_targets: bool = False  # the encoder's ops run one by one: nothing compiled by XLA
+    eager_step: bool = False  # the train step runs eagerly: no traced graph, no Grappler
+
+
+VARIANTS: dict[str, Variant] = {
+    "float32, glibc's mmap threshold": Variant([NO_XLA, BEFORE]),
+    "float32": Variant([NO_XLA]),
+    "float32, recompute_backbone": Variant([NO_XLA, "train.recompute_backbone=true"]),
+    "float32, BFC stats": Variant([NO_XLA], {"TF_CPU_ALLOCATOR_USE_BFC": "true"}, True),
+    "float32, glibc's mmap threshold, BFC allocator": Variant(
+        [NO_XLA, BEFORE], {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
     ),
-    "float32, glibc's mmap threshold, MALLOC_ARENA_MAX=2": (
-        [NO_XLA, BEFORE],
-        {"MALLOC_ARENA_MAX": "2"},
-        False,
+    "float32, glibc's mmap threshold, MALLOC_ARENA_MAX=2": Variant(
+        [NO_XLA, BEFORE], {"MALLOC_ARENA_MAX": "2"}
     ),
-    "float32, glibc's mmap threshold, recompute_backbone": (
-        [NO_XLA, BEFORE, "train.recompute_backbone=true"],
-        {},
-        False,
+    "float32, glibc's mmap threshold, recompute_backbone": Variant(
+        [NO_XLA, BEFORE, "train.recompute_backbone=true"]
     ),
+    "float32, eager targets": Variant([NO_XLA], eager_targets=True),
+    "float32, eager targets, eager step": Variant([NO_XLA], eager_targets=True, eager_step=True),
 }
 OFFICIAL = "official ATSS (PyTorch), float32"
 PHASES = ("imports", "model + optimizer", "batch + targets", "first step", "steady steps")
@@ -105,14 +120,16 @@ def one_tf(name: str, steps: int, size: int, batch: int) -> dict:
     from atss_tf.targets import TargetEncoder
     from atss_tf.training.fit import build_training_model
 
-    overrides, _, breakdown = VARIANTS[name]
+    variant = VARIANTS[name]
+    breakdown = variant.breakdown
     memory.mark("imports")
     if breakdown:
         import tracemalloc
 
         tracemalloc.start()
-    cfg = load_config(None, [f"data.batch_size={batch}", *overrides])
+    cfg = load_config(None, [f"data.batch_size={batch}", *variant.overrides])
     model = build_training_model(cfg)
+    model.run_eagerly = variant.eager_step
     memory.mark("model + optimizer")
     out: dict = {
         "trainable_bytes": sum(v.numpy().nbytes for v in model.trainable_weights),
@@ -126,7 +143,11 @@ def one_tf(name: str, steps: int, size: int, batch: int) -> dict:
     boxes[:, : xyxy.shape[1]] = xyxy
     labels = np.zeros((batch, 100), np.int32)
     labels[:, : classes.shape[1]] = classes
-    targets = TargetEncoder.from_config(cfg, (size, size)).encode_batch(boxes, labels, labels > 0)
+    encoder = TargetEncoder.from_config(cfg, (size, size))
+    if variant.eager_targets:
+        targets = encoder._encode(*encoder._cast(boxes, labels, labels > 0))
+    else:
+        targets = encoder.encode_batch(boxes, labels, labels > 0)
     out["batch_bytes"] = images.nbytes + sum(np.asarray(t).nbytes for t in targets.values())
     memory.mark("batch + targets")
 
@@ -280,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
             else:
                 command = module_command("memory", "--one", name, *common)
-                env.update(VARIANTS[name][1])
+                env.update(VARIANTS[name].env)
             proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
             if proc.returncode != 0:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
