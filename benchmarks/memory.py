@@ -144,10 +144,9 @@ def one_tf(name: str, steps: int, size: int, batch: int) -> dict:
     labels = np.zeros((batch, 100), np.int32)
     labels[:, : classes.shape[1]] = classes
     encoder = TargetEncoder.from_config(cfg, (size, size))
-    if variant.eager_targets:
-        targets = encoder._encode(*encoder._cast(boxes, labels, labels > 0))
-    else:
-        targets = encoder.encode_batch(boxes, labels, labels > 0)
+    tf.config.run_functions_eagerly(variant.eager_targets)  # the compiled encoder's ops one by one
+    targets = encoder.encode_batch(boxes, labels, labels > 0)
+    tf.config.run_functions_eagerly(False)
     out["batch_bytes"] = images.nbytes + sum(np.asarray(t).nbytes for t in targets.values())
     memory.mark("batch + targets")
 
